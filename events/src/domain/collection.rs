@@ -1,0 +1,197 @@
+//! Collection commands and events.
+//!
+//! One collection actor serializes every change of a collection, so any version of its stream
+//! is an exact cut of its segments: that is what a snapshot pins.
+
+use super::{BuildId, CollectionId, FileRef, IndexId, JobId, PartitionId, SegmentId};
+use crate::codec::DomainEvent;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Name of the partition every collection starts with.
+pub const DEFAULT_PARTITION: &str = "_default";
+/// Most shards a collection may have.
+pub const MAX_SHARDS: u32 = 1024;
+/// Most partitions a collection may have.
+pub const MAX_PARTITIONS: usize = 4096;
+/// Most files one segment (or one index build) may list; keeps an event under 64 KiB.
+pub const MAX_FILES_PER_SEGMENT: usize = 256;
+/// Most segments one compaction may merge; keeps the event under 64 KiB.
+pub const MAX_SEGMENTS_PER_COMPACTION: usize = 1024;
+/// Largest schema document kept verbatim.
+pub const MAX_SCHEMA_BYTES: usize = 32 * 1024;
+/// Most properties on a collection.
+pub const MAX_PROPERTIES: usize = 64;
+
+/// Lifecycle of a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectionStatus {
+    /// Serving: the host may flush and compact.
+    Ready,
+    /// Being filled by a restore job; the host must not write to it yet.
+    Restoring,
+    /// Dropped: kept in the log for history and for snapshots that outlive it.
+    Dropped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionDef {
+    pub partition_id: PartitionId,
+    pub name: String,
+}
+
+/// The files of one index built on one segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexFiles {
+    pub index_id: IndexId,
+    pub build_id: BuildId,
+    pub files: Vec<FileRef>,
+}
+
+/// Everything that describes one immutable segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    pub segment_id: SegmentId,
+    pub partition_id: PartitionId,
+    pub shard: u32,
+    pub rows: u64,
+    /// Compaction level: 0 for flushed, n + 1 for the output of merging level-n segments.
+    pub level: u32,
+    pub files: Vec<FileRef>,
+    pub indexes: Vec<IndexFiles>,
+}
+
+/// Create a collection. The id is allocated by the shell before deciding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateCollection {
+    pub collection_id: CollectionId,
+    pub name: String,
+    /// Opaque JSON kept verbatim.
+    pub schema_json: String,
+    pub shard_count: u32,
+    pub properties: BTreeMap<String, String>,
+    /// Partitions besides `_default`.
+    pub partitions: Vec<String>,
+    /// Set when a restore job creates the collection: it starts in `Restoring`.
+    pub restoring_job: Option<JobId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushSegment {
+    pub segment_id: SegmentId,
+    pub partition: String,
+    pub shard: u32,
+    pub rows: u64,
+    pub files: Vec<FileRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactSegments {
+    pub segment_ids: Vec<SegmentId>,
+    pub into_segment_id: SegmentId,
+    pub rows: u64,
+    pub files: Vec<FileRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildIndex {
+    pub segment_id: SegmentId,
+    pub index: String,
+    pub build_id: BuildId,
+    pub files: Vec<FileRef>,
+}
+
+/// What may be asked of a collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CollectionCommand {
+    Create(CreateCollection),
+    Drop,
+    CreatePartition {
+        name: String,
+    },
+    DropPartition {
+        name: String,
+    },
+    CreateIndex {
+        name: String,
+        field: String,
+        params_json: String,
+    },
+    DropIndex {
+        name: String,
+    },
+    FlushSegment(FlushSegment),
+    Compact(CompactSegments),
+    DropSegment {
+        segment_id: SegmentId,
+    },
+    BuildIndex(BuildIndex),
+}
+
+/// What happened to a collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CollectionEvent {
+    Created {
+        collection_id: CollectionId,
+        name: String,
+        schema_json: String,
+        shard_count: u32,
+        properties: BTreeMap<String, String>,
+        partitions: Vec<PartitionDef>,
+        status: CollectionStatus,
+        restoring_job: Option<JobId>,
+    },
+    Dropped,
+    PartitionCreated {
+        partition: PartitionDef,
+    },
+    /// The partition and every live segment in it are dropped.
+    PartitionDropped {
+        partition_id: PartitionId,
+    },
+    IndexCreated {
+        index_id: IndexId,
+        name: String,
+        field: String,
+        params_json: String,
+    },
+    /// The index and its files on every segment are dropped.
+    IndexDropped {
+        index_id: IndexId,
+    },
+    SegmentFlushed {
+        segment: SegmentRecord,
+    },
+    /// `compacted` are dropped and `into` becomes live, atomically.
+    SegmentsCompacted {
+        compacted: Vec<SegmentId>,
+        into: SegmentRecord,
+    },
+    SegmentDropped {
+        segment_id: SegmentId,
+    },
+    /// A (re)build of an index on a segment; a previous build's files are dropped.
+    IndexBuilt {
+        segment_id: SegmentId,
+        index_files: IndexFiles,
+    },
+}
+
+impl DomainEvent for CollectionEvent {
+    const SCHEMA_VERSION: u16 = 1;
+    fn event_type(&self) -> &'static str {
+        match self {
+            CollectionEvent::Created { .. } => "Created",
+            CollectionEvent::Dropped => "Dropped",
+            CollectionEvent::PartitionCreated { .. } => "PartitionCreated",
+            CollectionEvent::PartitionDropped { .. } => "PartitionDropped",
+            CollectionEvent::IndexCreated { .. } => "IndexCreated",
+            CollectionEvent::IndexDropped { .. } => "IndexDropped",
+            CollectionEvent::SegmentFlushed { .. } => "SegmentFlushed",
+            CollectionEvent::SegmentsCompacted { .. } => "SegmentsCompacted",
+            CollectionEvent::SegmentDropped { .. } => "SegmentDropped",
+            CollectionEvent::IndexBuilt { .. } => "IndexBuilt",
+        }
+    }
+}

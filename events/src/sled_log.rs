@@ -1,0 +1,1 @@
+//! The sled backend (embedded default). Written by the sled-backend work item.
