@@ -1,1 +1,19 @@
+//! snapvault, the node: configuration, wiring of log + store + actors, and the typed client the
+//! embedding database calls in-process.
+//!
+//! - [`config`]: what a node is made of (log backend, object store, limits).
+//! - [`node`]: `Node::start(config)`: opens the parts, starts the entity registry.
+//! - [`client`]: the typed API over the actors; one method per operation.
+//! - [`host`]: what the host database does to the object store (write segment files, merge
+//!   them); the CLI's `ingest`/`compact`, the tests, benches and simulator use it as the host.
 
+pub mod client;
+pub mod config;
+pub mod host;
+pub mod node;
+pub mod views;
+
+pub use client::Client;
+pub use config::{LogConfig, NodeConfig, StoreConfig};
+pub use node::{Node, NodeParts};
+pub use snapvault_events::{Error, ErrorCode};

@@ -141,6 +141,7 @@ pub enum CollectionEvent {
         partitions: Vec<PartitionDef>,
         status: CollectionStatus,
         restoring_job: Option<JobId>,
+        created_ms: u64,
     },
     Dropped,
     PartitionCreated {

@@ -1,0 +1,576 @@
+//! Collection decider: every rule about what the host may do to a collection.
+//!
+//! All of a collection's changes go through this one decider, applied by one actor, so the
+//! state at any stream version is an exact cut: the set of live segments a snapshot pins.
+
+use crate::aggregate::Aggregate;
+use serde::Serialize;
+use snapvault_events::Error;
+use snapvault_events::domain::collection::*;
+use snapvault_events::domain::{CollectionId, FileRef, IndexId, JobId, PartitionId, SegmentId};
+use snapvault_events::validate::{validate_name, validate_object_key};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Longest property key or value.
+const MAX_PROPERTY_BYTES: usize = 4096;
+/// Longest index parameters document.
+const MAX_PARAMS_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionState {
+    pub name: String,
+    pub dropped: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IndexState {
+    pub name: String,
+    pub field: String,
+    pub params_json: String,
+    pub dropped: bool,
+}
+
+/// Everything known about one collection, folded from its stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CollectionState {
+    /// False until `Created`; a stream with no events is an unknown collection.
+    pub exists: bool,
+    pub collection_id: CollectionId,
+    pub name: String,
+    pub schema_json: String,
+    pub shard_count: u32,
+    pub properties: BTreeMap<String, String>,
+    pub status: Option<CollectionStatus>,
+    pub restoring_job: Option<JobId>,
+    pub created_ms: u64,
+    pub partitions: BTreeMap<PartitionId, PartitionState>,
+    pub indexes: BTreeMap<IndexId, IndexState>,
+    /// Live segments only.
+    pub segments: BTreeMap<SegmentId, SegmentRecord>,
+    /// Ids of segments that were live once and are gone (compacted away or dropped).
+    pub dropped_segments: BTreeSet<SegmentId>,
+    pub next_partition_id: PartitionId,
+    pub next_index_id: IndexId,
+}
+
+impl CollectionState {
+    pub fn is_live(&self) -> bool {
+        self.exists && self.status != Some(CollectionStatus::Dropped)
+    }
+
+    pub fn partition_by_name(&self, name: &str) -> Option<(PartitionId, &PartitionState)> {
+        self.partitions
+            .iter()
+            .find(|(_, p)| !p.dropped && p.name == name)
+            .map(|(id, p)| (*id, p))
+    }
+
+    pub fn index_by_name(&self, name: &str) -> Option<(IndexId, &IndexState)> {
+        self.indexes
+            .iter()
+            .find(|(_, i)| !i.dropped && i.name == name)
+            .map(|(id, i)| (*id, i))
+    }
+
+    /// Number of files (data + index) of live segments, and their bytes.
+    pub fn live_file_totals(&self) -> (u64, u64) {
+        let mut files = 0u64;
+        let mut bytes = 0u64;
+        for s in self.segments.values() {
+            for f in s.files.iter().chain(s.indexes.iter().flat_map(|i| i.files.iter())) {
+                files += 1;
+                bytes += f.size;
+            }
+        }
+        (files, bytes)
+    }
+
+    fn require_live(&self) -> Result<(), Error> {
+        if !self.exists {
+            return Err(Error::not_found("collection not found"));
+        }
+        if self.status == Some(CollectionStatus::Dropped) {
+            return Err(Error::not_found(format!(
+                "collection '{}' was dropped",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The host may write only to a Ready collection (a restoring one belongs to its job).
+    fn require_writable(&self) -> Result<(), Error> {
+        self.require_live()?;
+        if self.status == Some(CollectionStatus::Restoring) {
+            return Err(Error::failed_precondition(format!(
+                "collection '{}' is being restored by job {}; wait for the restore to finish",
+                self.name,
+                self.restoring_job.unwrap_or(0)
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_new_segment_id(&self, segment_id: SegmentId) -> Result<(), Error> {
+        if segment_id == 0 {
+            return Err(Error::invalid_argument("segment id must not be 0"));
+        }
+        if self.segments.contains_key(&segment_id) || self.dropped_segments.contains(&segment_id)
+        {
+            return Err(Error::already_exists(format!(
+                "segment {segment_id} already exists in collection '{}'",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_live_segment(&self, segment_id: SegmentId) -> Result<&SegmentRecord, Error> {
+        if let Some(s) = self.segments.get(&segment_id) {
+            return Ok(s);
+        }
+        if self.dropped_segments.contains(&segment_id) {
+            return Err(Error::failed_precondition(format!(
+                "segment {segment_id} of collection '{}' was already dropped or compacted away",
+                self.name
+            )));
+        }
+        Err(Error::not_found(format!(
+            "segment {segment_id} not found in collection '{}'",
+            self.name
+        )))
+    }
+}
+
+/// Files must be non-empty, bounded, clean relative keys, unique within the list.
+fn check_files(what: &str, files: &[FileRef]) -> Result<(), Error> {
+    if files.is_empty() {
+        return Err(Error::invalid_argument(format!("{what} must list at least one file")));
+    }
+    if files.len() > MAX_FILES_PER_SEGMENT {
+        return Err(Error::invalid_argument(format!(
+            "{what} lists {} files; at most {MAX_FILES_PER_SEGMENT} are allowed",
+            files.len()
+        )));
+    }
+    let mut keys = BTreeSet::new();
+    for f in files {
+        validate_object_key("file key", &f.key)?;
+        if !keys.insert(f.key.as_str()) {
+            return Err(Error::invalid_argument(format!(
+                "{what} lists file '{}' twice",
+                f.key
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_json(what: &str, text: &str, max_bytes: usize) -> Result<(), Error> {
+    if text.len() > max_bytes {
+        return Err(Error::invalid_argument(format!(
+            "{what} is {} bytes; at most {max_bytes} are allowed",
+            text.len()
+        )));
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(|_| ())
+        .map_err(|e| Error::invalid_argument(format!("{what} is not valid JSON: {e}")))
+}
+
+fn check_create(c: &CreateCollection) -> Result<Vec<PartitionDef>, Error> {
+    if c.collection_id == 0 {
+        return Err(Error::invalid_argument("collection id must not be 0"));
+    }
+    validate_name("collection name", &c.name)?;
+    check_json("schema", &c.schema_json, MAX_SCHEMA_BYTES)?;
+    if c.shard_count == 0 || c.shard_count > MAX_SHARDS {
+        return Err(Error::invalid_argument(format!(
+            "shard count must be 1..={MAX_SHARDS}, got {}",
+            c.shard_count
+        )));
+    }
+    if c.properties.len() > MAX_PROPERTIES {
+        return Err(Error::invalid_argument(format!(
+            "at most {MAX_PROPERTIES} properties are allowed, got {}",
+            c.properties.len()
+        )));
+    }
+    for (k, v) in &c.properties {
+        if k.is_empty() || k.len() > MAX_PROPERTY_BYTES || v.len() > MAX_PROPERTY_BYTES {
+            return Err(Error::invalid_argument(format!(
+                "property keys must be 1..={MAX_PROPERTY_BYTES} bytes and values at most {MAX_PROPERTY_BYTES}"
+            )));
+        }
+    }
+    if c.partitions.len() + 1 > MAX_PARTITIONS {
+        return Err(Error::invalid_argument(format!(
+            "at most {MAX_PARTITIONS} partitions are allowed"
+        )));
+    }
+    let mut defs = vec![PartitionDef {
+        partition_id: 1,
+        name: DEFAULT_PARTITION.to_string(),
+    }];
+    for p in &c.partitions {
+        validate_name("partition name", p)?;
+        if defs.iter().any(|d| &d.name == p) {
+            return Err(Error::invalid_argument(format!(
+                "partition '{p}' is listed twice (or is the default partition)"
+            )));
+        }
+        defs.push(PartitionDef {
+            partition_id: defs.len() as u64 + 1,
+            name: p.clone(),
+        });
+    }
+    Ok(defs)
+}
+
+/// The collection decider.
+pub struct Collection;
+
+impl Aggregate for Collection {
+    type State = CollectionState;
+    type Command = CollectionCommand;
+    type Event = CollectionEvent;
+    const KIND: &'static str = "collection";
+
+    fn decide(
+        s: &CollectionState,
+        command: &CollectionCommand,
+        now_ms: u64,
+    ) -> Result<Vec<CollectionEvent>, Error> {
+        use CollectionCommand as C;
+        use CollectionEvent as E;
+        match command {
+            C::Create(c) => {
+                if s.exists {
+                    return Err(Error::already_exists(format!(
+                        "collection {} already exists",
+                        s.collection_id
+                    )));
+                }
+                let partitions = check_create(c)?;
+                Ok(vec![E::Created {
+                    collection_id: c.collection_id,
+                    name: c.name.clone(),
+                    schema_json: c.schema_json.clone(),
+                    shard_count: c.shard_count,
+                    properties: c.properties.clone(),
+                    partitions,
+                    status: if c.restoring_job.is_some() {
+                        CollectionStatus::Restoring
+                    } else {
+                        CollectionStatus::Ready
+                    },
+                    restoring_job: c.restoring_job,
+                    created_ms: now_ms,
+                }])
+            }
+            C::Drop => {
+                s.require_live()?;
+                Ok(vec![E::Dropped])
+            }
+            C::CreatePartition { name } => {
+                s.require_writable()?;
+                validate_name("partition name", name)?;
+                if s.partition_by_name(name).is_some() {
+                    return Err(Error::already_exists(format!(
+                        "partition '{name}' already exists in collection '{}'",
+                        s.name
+                    )));
+                }
+                let live = s.partitions.values().filter(|p| !p.dropped).count();
+                if live >= MAX_PARTITIONS {
+                    return Err(Error::failed_precondition(format!(
+                        "collection '{}' already has {MAX_PARTITIONS} partitions",
+                        s.name
+                    )));
+                }
+                Ok(vec![E::PartitionCreated {
+                    partition: PartitionDef {
+                        partition_id: s.next_partition_id,
+                        name: name.clone(),
+                    },
+                }])
+            }
+            C::DropPartition { name } => {
+                s.require_writable()?;
+                let (id, _) = s.partition_by_name(name).ok_or_else(|| {
+                    Error::not_found(format!(
+                        "partition '{name}' not found in collection '{}'",
+                        s.name
+                    ))
+                })?;
+                if name == DEFAULT_PARTITION {
+                    return Err(Error::failed_precondition(
+                        "the default partition cannot be dropped",
+                    ));
+                }
+                Ok(vec![E::PartitionDropped { partition_id: id }])
+            }
+            C::CreateIndex {
+                name,
+                field,
+                params_json,
+            } => {
+                s.require_writable()?;
+                validate_name("index name", name)?;
+                validate_name("index field", field)?;
+                check_json("index parameters", params_json, MAX_PARAMS_BYTES)?;
+                if s.index_by_name(name).is_some() {
+                    return Err(Error::already_exists(format!(
+                        "index '{name}' already exists in collection '{}'",
+                        s.name
+                    )));
+                }
+                Ok(vec![E::IndexCreated {
+                    index_id: s.next_index_id,
+                    name: name.clone(),
+                    field: field.clone(),
+                    params_json: params_json.clone(),
+                }])
+            }
+            C::DropIndex { name } => {
+                s.require_writable()?;
+                let (id, _) = s.index_by_name(name).ok_or_else(|| {
+                    Error::not_found(format!(
+                        "index '{name}' not found in collection '{}'",
+                        s.name
+                    ))
+                })?;
+                Ok(vec![E::IndexDropped { index_id: id }])
+            }
+            C::FlushSegment(f) => {
+                s.require_writable()?;
+                s.check_new_segment_id(f.segment_id)?;
+                let (partition_id, _) = s.partition_by_name(&f.partition).ok_or_else(|| {
+                    Error::not_found(format!(
+                        "partition '{}' not found in collection '{}'",
+                        f.partition, s.name
+                    ))
+                })?;
+                if f.shard >= s.shard_count {
+                    return Err(Error::invalid_argument(format!(
+                        "shard {} does not exist; collection '{}' has shards 0..{}",
+                        f.shard, s.name, s.shard_count
+                    )));
+                }
+                check_files(&format!("segment {}", f.segment_id), &f.files)?;
+                Ok(vec![E::SegmentFlushed {
+                    segment: SegmentRecord {
+                        segment_id: f.segment_id,
+                        partition_id,
+                        shard: f.shard,
+                        rows: f.rows,
+                        level: 0,
+                        files: f.files.clone(),
+                        indexes: Vec::new(),
+                    },
+                }])
+            }
+            C::Compact(c) => {
+                s.require_writable()?;
+                if c.segment_ids.is_empty() {
+                    return Err(Error::invalid_argument("compaction needs at least one segment"));
+                }
+                if c.segment_ids.len() > MAX_SEGMENTS_PER_COMPACTION {
+                    return Err(Error::invalid_argument(format!(
+                        "a compaction merges at most {MAX_SEGMENTS_PER_COMPACTION} segments, got {}",
+                        c.segment_ids.len()
+                    )));
+                }
+                let mut seen = BTreeSet::new();
+                let mut first: Option<&SegmentRecord> = None;
+                let mut level = 0;
+                for id in &c.segment_ids {
+                    if !seen.insert(*id) {
+                        return Err(Error::invalid_argument(format!(
+                            "segment {id} is listed twice in the compaction"
+                        )));
+                    }
+                    let seg = s.check_live_segment(*id)?;
+                    if let Some(f) = first {
+                        if (f.partition_id, f.shard) != (seg.partition_id, seg.shard) {
+                            return Err(Error::invalid_argument(format!(
+                                "segments {} and {id} are in different partitions or shards; a compaction merges one partition and shard",
+                                f.segment_id
+                            )));
+                        }
+                    } else {
+                        first = Some(seg);
+                    }
+                    level = level.max(seg.level + 1);
+                }
+                s.check_new_segment_id(c.into_segment_id)?;
+                check_files(&format!("segment {}", c.into_segment_id), &c.files)?;
+                let first = first.ok_or_else(|| Error::internal("empty compaction"))?;
+                Ok(vec![E::SegmentsCompacted {
+                    compacted: c.segment_ids.clone(),
+                    into: SegmentRecord {
+                        segment_id: c.into_segment_id,
+                        partition_id: first.partition_id,
+                        shard: first.shard,
+                        rows: c.rows,
+                        level,
+                        files: c.files.clone(),
+                        indexes: Vec::new(),
+                    },
+                }])
+            }
+            C::DropSegment { segment_id } => {
+                s.require_writable()?;
+                s.check_live_segment(*segment_id)?;
+                Ok(vec![E::SegmentDropped {
+                    segment_id: *segment_id,
+                }])
+            }
+            C::BuildIndex(b) => {
+                s.require_writable()?;
+                let seg = s.check_live_segment(b.segment_id)?;
+                let (index_id, _) = s.index_by_name(&b.index).ok_or_else(|| {
+                    Error::not_found(format!(
+                        "index '{}' not found in collection '{}'",
+                        b.index, s.name
+                    ))
+                })?;
+                if b.build_id == 0 {
+                    return Err(Error::invalid_argument("build id must not be 0"));
+                }
+                if seg
+                    .indexes
+                    .iter()
+                    .any(|i| i.index_id == index_id && i.build_id == b.build_id)
+                {
+                    return Err(Error::already_exists(format!(
+                        "build {} of index '{}' on segment {} is already recorded",
+                        b.build_id, b.index, b.segment_id
+                    )));
+                }
+                check_files(&format!("index build {}", b.build_id), &b.files)?;
+                Ok(vec![E::IndexBuilt {
+                    segment_id: b.segment_id,
+                    index_files: IndexFiles {
+                        index_id,
+                        build_id: b.build_id,
+                        files: b.files.clone(),
+                    },
+                }])
+            }
+        }
+    }
+
+    fn evolve(s: &mut CollectionState, event: &CollectionEvent) {
+        use CollectionEvent as E;
+        match event {
+            E::Created {
+                collection_id,
+                name,
+                schema_json,
+                shard_count,
+                properties,
+                partitions,
+                status,
+                restoring_job,
+                created_ms,
+            } => {
+                s.exists = true;
+                s.created_ms = *created_ms;
+                s.collection_id = *collection_id;
+                s.name = name.clone();
+                s.schema_json = schema_json.clone();
+                s.shard_count = *shard_count;
+                s.properties = properties.clone();
+                s.status = Some(*status);
+                s.restoring_job = *restoring_job;
+                for p in partitions {
+                    s.partitions.insert(
+                        p.partition_id,
+                        PartitionState {
+                            name: p.name.clone(),
+                            dropped: false,
+                        },
+                    );
+                }
+                s.next_partition_id = partitions.iter().map(|p| p.partition_id).max().unwrap_or(0) + 1;
+                s.next_index_id = 1;
+            }
+            E::Dropped => s.status = Some(CollectionStatus::Dropped),
+            E::PartitionCreated { partition } => {
+                s.partitions.insert(
+                    partition.partition_id,
+                    PartitionState {
+                        name: partition.name.clone(),
+                        dropped: false,
+                    },
+                );
+                s.next_partition_id = s.next_partition_id.max(partition.partition_id + 1);
+            }
+            E::PartitionDropped { partition_id } => {
+                if let Some(p) = s.partitions.get_mut(partition_id) {
+                    p.dropped = true;
+                }
+                let gone: Vec<SegmentId> = s
+                    .segments
+                    .values()
+                    .filter(|seg| seg.partition_id == *partition_id)
+                    .map(|seg| seg.segment_id)
+                    .collect();
+                for id in gone {
+                    s.segments.remove(&id);
+                    s.dropped_segments.insert(id);
+                }
+            }
+            E::IndexCreated {
+                index_id,
+                name,
+                field,
+                params_json,
+            } => {
+                s.indexes.insert(
+                    *index_id,
+                    IndexState {
+                        name: name.clone(),
+                        field: field.clone(),
+                        params_json: params_json.clone(),
+                        dropped: false,
+                    },
+                );
+                s.next_index_id = s.next_index_id.max(index_id + 1);
+            }
+            E::IndexDropped { index_id } => {
+                if let Some(i) = s.indexes.get_mut(index_id) {
+                    i.dropped = true;
+                }
+                for seg in s.segments.values_mut() {
+                    seg.indexes.retain(|i| i.index_id != *index_id);
+                }
+            }
+            E::SegmentFlushed { segment } => {
+                s.segments.insert(segment.segment_id, segment.clone());
+            }
+            E::SegmentsCompacted { compacted, into } => {
+                for id in compacted {
+                    s.segments.remove(id);
+                    s.dropped_segments.insert(*id);
+                }
+                s.segments.insert(into.segment_id, into.clone());
+            }
+            E::SegmentDropped { segment_id } => {
+                s.segments.remove(segment_id);
+                s.dropped_segments.insert(*segment_id);
+            }
+            E::IndexBuilt {
+                segment_id,
+                index_files,
+            } => {
+                if let Some(seg) = s.segments.get_mut(segment_id) {
+                    // A rebuild replaces the previous build of the same index.
+                    seg.indexes.retain(|i| i.index_id != index_files.index_id);
+                    seg.indexes.push(index_files.clone());
+                }
+            }
+        }
+    }
+}

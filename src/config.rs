@@ -1,0 +1,57 @@
+//! Node configuration.
+
+use snapvault_actors::RegistryConfig;
+use std::path::{Path, PathBuf};
+
+/// Which event log backs the node.
+#[derive(Debug, Clone)]
+pub enum LogConfig {
+    /// sled on local disk: the embedded default, one process.
+    Sled { path: PathBuf },
+    /// In memory: tests and the simulator. Lost when the node stops.
+    Memory,
+}
+
+/// Which object store holds the data and the manifests.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// A directory on the local filesystem (the embedded default).
+    Local { root: PathBuf },
+    /// In memory: tests and the simulator.
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    pub registry: RegistryConfig,
+    /// How many ids one reservation in the log covers.
+    pub id_block_size: u64,
+}
+
+impl NodeConfig {
+    /// The embedded default on a data directory: `DIR/log` (sled) and `DIR/objects`.
+    pub fn embedded(data_dir: &Path) -> NodeConfig {
+        NodeConfig {
+            log: LogConfig::Sled {
+                path: data_dir.join("log"),
+            },
+            store: StoreConfig::Local {
+                root: data_dir.join("objects"),
+            },
+            registry: RegistryConfig::default(),
+            id_block_size: 1_000,
+        }
+    }
+
+    /// Everything in memory.
+    pub fn in_memory() -> NodeConfig {
+        NodeConfig {
+            log: LogConfig::Memory,
+            store: StoreConfig::Memory,
+            registry: RegistryConfig::default(),
+            id_block_size: 1_000,
+        }
+    }
+}

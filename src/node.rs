@@ -1,0 +1,80 @@
+//! The node: opens the log and the store, starts the entity registry, and hands out clients.
+
+use crate::client::Client;
+use crate::config::{LogConfig, NodeConfig, StoreConfig};
+use object_store::ObjectStore;
+use snapvault_actors::{Registry, RegistryConfig};
+use snapvault_events::ids::IdAllocator;
+use snapvault_events::{Error, EventLog, MemoryLog, SharedClock, SledLog, SystemClock};
+use std::sync::Arc;
+
+/// The parts a node runs on. Production opens them from a [`NodeConfig`]; the simulator
+/// passes its fault-injecting log, store and virtual clock.
+#[derive(Clone)]
+pub struct NodeParts {
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn ObjectStore>,
+    pub clock: SharedClock,
+}
+
+/// A running snapvault node.
+pub struct Node {
+    client: Client,
+    registry: Registry,
+}
+
+impl Node {
+    /// Open the parts named by `config` and start.
+    pub async fn start(config: NodeConfig) -> Result<Node, Error> {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let log: Arc<dyn EventLog> = match &config.log {
+            LogConfig::Sled { path } => Arc::new(SledLog::open(path, clock.clone())?),
+            LogConfig::Memory => Arc::new(MemoryLog::new(clock.clone())),
+        };
+        let store: Arc<dyn ObjectStore> = match &config.store {
+            StoreConfig::Local { root } => {
+                std::fs::create_dir_all(root).map_err(|e| {
+                    Error::unavailable(format!(
+                        "cannot create object store directory {}: {e}",
+                        root.display()
+                    ))
+                })?;
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(root)
+                        .map_err(|e| {
+                            Error::unavailable(format!(
+                                "cannot open object store at {}: {e}",
+                                root.display()
+                            ))
+                        })?
+                        .with_automatic_cleanup(true),
+                )
+            }
+            StoreConfig::Memory => Arc::new(object_store::memory::InMemory::new()),
+        };
+        Self::start_with(NodeParts { log, store, clock }, config.registry, config.id_block_size)
+            .await
+    }
+
+    /// Start on parts made elsewhere (the simulator, tests).
+    pub async fn start_with(
+        parts: NodeParts,
+        registry: RegistryConfig,
+        id_block_size: u64,
+    ) -> Result<Node, Error> {
+        let registry = Registry::start(parts.log.clone(), parts.clock.clone(), registry).await?;
+        let ids = Arc::new(IdAllocator::new(parts.log.clone(), id_block_size));
+        let client = Client::new(registry.clone(), ids, parts.store.clone());
+        Ok(Node { client, registry })
+    }
+
+    /// A typed client; cheap to clone, usable from any task.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Stop every actor after it finished what it was doing.
+    pub async fn shutdown(self) {
+        self.registry.shutdown().await;
+    }
+}
