@@ -77,7 +77,11 @@ impl CollectionState {
         let mut files = 0u64;
         let mut bytes = 0u64;
         for s in self.segments.values() {
-            for f in s.files.iter().chain(s.indexes.iter().flat_map(|i| i.files.iter())) {
+            for f in s
+                .files
+                .iter()
+                .chain(s.indexes.iter().flat_map(|i| i.files.iter()))
+            {
                 files += 1;
                 bytes += f.size;
             }
@@ -115,8 +119,7 @@ impl CollectionState {
         if segment_id == 0 {
             return Err(Error::invalid_argument("segment id must not be 0"));
         }
-        if self.segments.contains_key(&segment_id) || self.dropped_segments.contains(&segment_id)
-        {
+        if self.segments.contains_key(&segment_id) || self.dropped_segments.contains(&segment_id) {
             return Err(Error::already_exists(format!(
                 "segment {segment_id} already exists in collection '{}'",
                 self.name
@@ -145,7 +148,9 @@ impl CollectionState {
 /// Files must be non-empty, bounded, clean relative keys, unique within the list.
 fn check_files(what: &str, files: &[FileRef]) -> Result<(), Error> {
     if files.is_empty() {
-        return Err(Error::invalid_argument(format!("{what} must list at least one file")));
+        return Err(Error::invalid_argument(format!(
+            "{what} must list at least one file"
+        )));
     }
     if files.len() > MAX_FILES_PER_SEGMENT {
         return Err(Error::invalid_argument(format!(
@@ -373,7 +378,9 @@ impl Aggregate for Collection {
             C::Compact(c) => {
                 s.require_writable()?;
                 if c.segment_ids.is_empty() {
-                    return Err(Error::invalid_argument("compaction needs at least one segment"));
+                    return Err(Error::invalid_argument(
+                        "compaction needs at least one segment",
+                    ));
                 }
                 if c.segment_ids.len() > MAX_SEGMENTS_PER_COMPACTION {
                     return Err(Error::invalid_argument(format!(
@@ -493,7 +500,8 @@ impl Aggregate for Collection {
                         },
                     );
                 }
-                s.next_partition_id = partitions.iter().map(|p| p.partition_id).max().unwrap_or(0) + 1;
+                s.next_partition_id =
+                    partitions.iter().map(|p| p.partition_id).max().unwrap_or(0) + 1;
                 s.next_index_id = 1;
             }
             E::Dropped => s.status = Some(CollectionStatus::Dropped),
