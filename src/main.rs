@@ -1,1 +1,40 @@
-fn main() {}
+//! The `snapvault` binary: parse, run, and turn an error into one line and an exit code.
+//!
+//! Exit codes: 0 success; 2 the request was refused (`invalid_argument`, `not_found`,
+//! `already_exists`, `failed_precondition`: fix the input or the state and retry); 1 anything
+//! else (`conflict`, `unavailable`, `internal`: the request may succeed when retried).
+
+mod cli;
+
+use snapvault::ErrorCode;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // Crash tests start this binary with SNAPVAULT_CRASH_AT=<point> to abort at that point
+    // (see snapvault_actors::crash_points); only the binary arms it, never the library.
+    if let Ok(point) = std::env::var("SNAPVAULT_CRASH_AT") {
+        snapvault_actors::crash_points::arm(&point);
+    }
+    let json = cli::json_requested();
+    let result = cli::parse().and_then(|args| {
+        cli::init_tracing();
+        cli::run(args)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            cli::output::report_error(&e, json);
+            ExitCode::from(exit_code(e.code))
+        }
+    }
+}
+
+fn exit_code(code: ErrorCode) -> u8 {
+    match code {
+        ErrorCode::InvalidArgument
+        | ErrorCode::NotFound
+        | ErrorCode::AlreadyExists
+        | ErrorCode::FailedPrecondition => 2,
+        ErrorCode::Conflict | ErrorCode::Unavailable | ErrorCode::Internal => 1,
+    }
+}

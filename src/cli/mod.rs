@@ -1,0 +1,375 @@
+//! The `snapvault` command line: clap definitions and dispatch.
+//!
+//! Every command runs embedded on a data directory (`--data`, the sled log in `DIR/log` and
+//! the local object store in `DIR/objects`): it starts a node, does its work through the typed
+//! [`Client`], and shuts the node down. Arguments are checked *before* the node starts, so bad
+//! input never touches the data directory. Each command group lives in its own file; this
+//! file only parses and routes.
+
+pub mod collection;
+pub mod compact;
+pub mod demo;
+pub mod index;
+pub mod ingest;
+pub mod output;
+pub mod serve;
+
+use clap::{Args, Parser, Subcommand};
+use output::Output;
+use snapvault::{Client, Error, Node, NodeConfig};
+use snapvault_events::validate::validate_name;
+use std::path::PathBuf;
+
+/// snapvault: snapshots, restore and garbage collection for databases that keep immutable
+/// files in object storage.
+#[derive(Debug, Parser)]
+#[command(name = "snapvault", version, propagate_version = true)]
+pub struct Cli {
+    /// Data directory of the embedded node: the event log (DIR/log) and the local object
+    /// store (DIR/objects). Created when missing.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "SNAPVAULT_DATA",
+        default_value = "./snapvault-data"
+    )]
+    pub data: PathBuf,
+
+    /// Print results (and errors) as JSON on stdout, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, describe and drop collections.
+    #[command(subcommand)]
+    Collection(CollectionCmd),
+    /// Create and drop partitions of a collection.
+    #[command(subcommand)]
+    Partition(PartitionCmd),
+    /// Create, drop and build indexes.
+    #[command(subcommand)]
+    Index(IndexCmd),
+    /// Drop segments.
+    #[command(subcommand)]
+    Segment(SegmentCmd),
+    /// Act as the host database: write segments of real files and flush them.
+    Ingest(IngestArgs),
+    /// Act as the host database: merge segments' files and record the compaction.
+    Compact(CompactArgs),
+    /// Run the node in the foreground until SIGTERM or Ctrl-C.
+    Serve,
+    /// The main job end to end on the data directory: create, ingest, compact, describe.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectionCmd {
+    /// Create a collection (with the `_default` partition and any given with --partition).
+    Create(CreateArgs),
+    /// List live collections.
+    List,
+    /// Show a collection: partitions, indexes, segments and their files.
+    Describe { name: String },
+    /// Drop a collection (its snapshots, when there are any, outlive it).
+    Drop { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// Number of shards (write channels); segments belong to one.
+    #[arg(long, default_value_t = 1)]
+    pub shards: u32,
+    /// An extra partition besides `_default` (repeatable).
+    #[arg(long = "partition", value_name = "P")]
+    pub partitions: Vec<String>,
+    /// A JSON file with the schema; kept verbatim.
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
+    /// A property `key=value` (repeatable).
+    #[arg(long = "property", value_name = "K=V")]
+    pub properties: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PartitionCmd {
+    Create { collection: String, name: String },
+    Drop { collection: String, name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IndexCmd {
+    /// Declare an index on a field.
+    Create {
+        collection: String,
+        name: String,
+        #[arg(long)]
+        field: String,
+        /// Index parameters as JSON (default `{}`).
+        #[arg(long, value_name = "JSON")]
+        params: Option<String>,
+    },
+    Drop {
+        collection: String,
+        name: String,
+    },
+    /// Act as the host: write an index's files for a segment and record the build.
+    Build {
+        collection: String,
+        index: String,
+        /// The segment id (see `collection describe`).
+        #[arg(long, value_name = "ID")]
+        segment: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SegmentCmd {
+    Drop { collection: String, id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    pub collection: String,
+    /// How many segments to write.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub segments: u64,
+    /// Files per segment.
+    #[arg(long, default_value_t = 4)]
+    pub files: usize,
+    /// Bytes per file.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=ingest::MAX_FILE_BYTES))]
+    pub size: u64,
+    /// The partition to write into.
+    #[arg(long, default_value = snapvault_events::domain::collection::DEFAULT_PARTITION)]
+    pub partition: String,
+    /// The shard to write into; without it segments go round-robin over all shards.
+    #[arg(long)]
+    pub shard: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    pub collection: String,
+    /// Comma-separated segment ids to merge into one; default: all live segments of each
+    /// (partition, shard) that has more than one.
+    #[arg(long, value_name = "ID,...")]
+    pub segments: Option<String>,
+}
+
+/// What every command gets: the client of the running node and where to print.
+pub struct Ctx {
+    pub client: Client,
+    pub out: Output,
+    pub data: PathBuf,
+}
+
+/// Parse the command line. Help and version are printed and end the process here (exit 0);
+/// every other parse error becomes one `invalid_argument` line like any other bad input.
+pub fn parse() -> Result<Cli, Error> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                e.exit()
+            }
+            _ => Err(clap_error(&e)),
+        },
+    }
+}
+
+/// The first line of clap's rendering, without its `error: ` prefix: clap names the argument
+/// and the problem there; the rest is usage text that would break the one-line contract.
+fn clap_error(e: &clap::Error) -> Error {
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    Error::invalid_argument(format!("{first} (see 'snapvault --help')"))
+}
+
+/// Whether `--json` is on the command line, known even when parsing fails so that a parse
+/// error is reported as JSON too.
+pub fn json_requested() -> bool {
+    std::env::args_os()
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// Tracing to stderr, filtered by `RUST_LOG` (default `warn`), so stdout stays the result.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run a parsed command to completion.
+pub fn run(cli: Cli) -> Result<(), Error> {
+    check_args(&cli.command)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        let node = Node::start(NodeConfig::embedded(&cli.data)).await?;
+        let ctx = Ctx {
+            client: node.client(),
+            out: Output::new(cli.json),
+            data: cli.data.clone(),
+        };
+        let result = dispatch(&ctx, cli.command).await;
+        // Shut down whatever happened: entities finish what they were doing, the log closes.
+        node.shutdown().await;
+        result
+    })
+}
+
+async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
+    match command {
+        Command::Collection(c) => match c {
+            CollectionCmd::Create(args) => collection::create(ctx, args).await,
+            CollectionCmd::List => collection::list(ctx).await,
+            CollectionCmd::Describe { name } => collection::describe(ctx, &name).await,
+            CollectionCmd::Drop { name } => collection::drop(ctx, &name).await,
+        },
+        Command::Partition(p) => index::partition(ctx, p).await,
+        Command::Index(i) => index::index(ctx, i).await,
+        Command::Segment(s) => index::segment(ctx, s).await,
+        Command::Ingest(args) => ingest::run(ctx, args).await,
+        Command::Compact(args) => compact::run(ctx, args).await,
+        Command::Serve => serve::run(ctx).await,
+        Command::Demo => demo::run(ctx).await,
+    }
+}
+
+/// Refuse bad names, ids and sizes before the node starts, so bad input writes nothing (not
+/// even a fresh data directory). The client checks again; this is the early, cheap copy.
+fn check_args(command: &Command) -> Result<(), Error> {
+    let collection = |n: &str| validate_name("collection name", n);
+    let partition = |n: &str| validate_name("partition name", n);
+    let index = |n: &str| validate_name("index name", n);
+    match command {
+        Command::Collection(c) => match c {
+            CollectionCmd::Create(a) => {
+                collection(&a.name)?;
+                a.partitions.iter().try_for_each(|p| partition(p))?;
+                a.properties
+                    .iter()
+                    .try_for_each(|p| collection::parse_property(p).map(|_| ()))
+            }
+            CollectionCmd::List => Ok(()),
+            CollectionCmd::Describe { name } | CollectionCmd::Drop { name } => collection(name),
+        },
+        Command::Partition(PartitionCmd::Create {
+            collection: c,
+            name,
+        })
+        | Command::Partition(PartitionCmd::Drop {
+            collection: c,
+            name,
+        }) => {
+            collection(c)?;
+            partition(name)
+        }
+        Command::Index(i) => match i {
+            IndexCmd::Create {
+                collection: c,
+                name,
+                field,
+                ..
+            } => {
+                collection(c)?;
+                index(name)?;
+                validate_name("index field", field)
+            }
+            IndexCmd::Drop {
+                collection: c,
+                name,
+            } => {
+                collection(c)?;
+                index(name)
+            }
+            IndexCmd::Build {
+                collection: c,
+                index: i,
+                segment,
+            } => {
+                collection(c)?;
+                index(i)?;
+                parse_segment_id(segment).map(|_| ())
+            }
+        },
+        Command::Segment(SegmentCmd::Drop { collection: c, id }) => {
+            collection(c)?;
+            parse_segment_id(id).map(|_| ())
+        }
+        Command::Ingest(a) => {
+            collection(&a.collection)?;
+            partition(&a.partition)?;
+            ingest::check_files(a.files)
+        }
+        Command::Compact(a) => {
+            collection(&a.collection)?;
+            match &a.segments {
+                Some(list) => parse_segment_ids(list).map(|_| ()),
+                None => Ok(()),
+            }
+        }
+        Command::Serve | Command::Demo => Ok(()),
+    }
+}
+
+/// A segment id as the user typed it: a positive integer.
+pub fn parse_segment_id(text: &str) -> Result<u64, Error> {
+    let t = text.trim();
+    match t.parse::<u64>() {
+        Ok(0) => Err(Error::invalid_argument("segment id must not be 0")),
+        Ok(id) => Ok(id),
+        Err(_) => Err(Error::invalid_argument(format!(
+            "segment id '{}' is not a number; segment ids are positive integers (see 'collection describe')",
+            t.escape_debug()
+        ))),
+    }
+}
+
+/// A comma-separated list of segment ids (`12,13,14`); empty entries are refused.
+pub fn parse_segment_ids(text: &str) -> Result<Vec<u64>, Error> {
+    if text.trim().is_empty() {
+        return Err(Error::invalid_argument(
+            "--segments needs at least one segment id",
+        ));
+    }
+    text.split(',').map(parse_segment_id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn segment_ids() {
+        assert_eq!(parse_segment_ids("1, 2,3").ok(), Some(vec![1, 2, 3]));
+        for bad in ["", "1,,2", "abc", "1,x", "0", "-1"] {
+            let e = parse_segment_ids(bad).err().map(|e| e.code);
+            assert_eq!(e, Some(snapvault::ErrorCode::InvalidArgument), "{bad}");
+        }
+    }
+}
