@@ -9,6 +9,9 @@ pub mod aggregate;
 pub mod catalog;
 pub mod collection;
 pub mod entity;
+// Temporary, until snapshot/mod.rs is wired in (it declares `pub mod manifest;`).
+#[path = "snapshot/manifest.rs"]
+pub mod manifest;
 pub mod registry;
 
 pub use aggregate::Aggregate;
