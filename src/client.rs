@@ -8,11 +8,12 @@ use crate::views::{CollectionSummary, CollectionView};
 use object_store::ObjectStore;
 use snapvault_actors::catalog::{Catalog, CatalogCommand};
 use snapvault_actors::collection::{Collection, CollectionState};
+use snapvault_actors::snapshot::index::SnapshotIndex;
+use snapvault_actors::snapshot::worker::SnapshotWorker;
 use snapvault_actors::{Executed, Registry};
 use snapvault_events::domain::catalog::CATALOG_STREAM;
 use snapvault_events::domain::collection::{
-    BuildIndex, CollectionCommand, CollectionEvent, CompactSegments, CreateCollection,
-    FlushSegment,
+    BuildIndex, CollectionCommand, CollectionEvent, CompactSegments, CreateCollection, FlushSegment,
 };
 use snapvault_events::domain::{CollectionId, SegmentId, collection_stream};
 use snapvault_events::ids::IdAllocator;
@@ -35,17 +36,27 @@ pub struct CreateCollectionRequest {
 
 #[derive(Clone)]
 pub struct Client {
-    registry: Registry,
-    ids: Arc<IdAllocator>,
-    store: Arc<dyn ObjectStore>,
+    pub(crate) registry: Registry,
+    pub(crate) ids: Arc<IdAllocator>,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) snapshots: SnapshotIndex,
+    pub(crate) snapshot_worker: SnapshotWorker,
 }
 
 impl Client {
-    pub(crate) fn new(registry: Registry, ids: Arc<IdAllocator>, store: Arc<dyn ObjectStore>) -> Self {
+    pub(crate) fn new(
+        registry: Registry,
+        ids: Arc<IdAllocator>,
+        store: Arc<dyn ObjectStore>,
+        snapshots: SnapshotIndex,
+        snapshot_worker: SnapshotWorker,
+    ) -> Self {
         Client {
             registry,
             ids,
             store,
+            snapshots,
+            snapshot_worker,
         }
     }
 
@@ -89,7 +100,7 @@ impl Client {
         if live { Ok(id) } else { Err(not_found()) }
     }
 
-    async fn run(
+    pub(crate) async fn run(
         &self,
         id: CollectionId,
         command: CollectionCommand,
@@ -250,7 +261,10 @@ impl Client {
         self.describe_collection_by_id(id).await
     }
 
-    pub async fn describe_collection_by_id(&self, id: CollectionId) -> Result<CollectionView, Error> {
+    pub async fn describe_collection_by_id(
+        &self,
+        id: CollectionId,
+    ) -> Result<CollectionView, Error> {
         let view = self
             .registry
             .inspect::<Collection, _>(&collection_stream(id), |v, s| {

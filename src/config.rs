@@ -1,6 +1,7 @@
 //! Node configuration.
 
 use snapvault_actors::RegistryConfig;
+use snapvault_actors::snapshot::worker::SnapshotConfig;
 use std::path::{Path, PathBuf};
 
 /// Which event log backs the node.
@@ -28,6 +29,7 @@ pub struct NodeConfig {
     pub registry: RegistryConfig,
     /// How many ids one reservation in the log covers.
     pub id_block_size: u64,
+    pub snapshot: SnapshotConfig,
 }
 
 impl NodeConfig {
@@ -42,6 +44,7 @@ impl NodeConfig {
             },
             registry: RegistryConfig::default(),
             id_block_size: 1_000,
+            snapshot: SnapshotConfig::default(),
         }
     }
 
@@ -52,6 +55,7 @@ impl NodeConfig {
             store: StoreConfig::Memory,
             registry: RegistryConfig::default(),
             id_block_size: 1_000,
+            snapshot: SnapshotConfig::default(),
         }
     }
 }

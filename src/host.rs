@@ -77,7 +77,9 @@ pub async fn write_segment_files(
 /// Read a whole object.
 pub async fn read_file(store: &dyn ObjectStore, key: &str) -> Result<Bytes, Error> {
     let got = store.get(&Path::from(key)).await.map_err(|e| match e {
-        object_store::Error::NotFound { .. } => Error::not_found(format!("object '{key}' not found")),
+        object_store::Error::NotFound { .. } => {
+            Error::not_found(format!("object '{key}' not found"))
+        }
         e => Error::unavailable(format!("cannot read object '{key}': {e}")),
     })?;
     got.bytes()

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod host;
 pub mod node;
+pub mod snapshots;
 pub mod views;
 
 pub use client::Client;

@@ -3,6 +3,8 @@
 use crate::client::Client;
 use crate::config::{LogConfig, NodeConfig, StoreConfig};
 use object_store::ObjectStore;
+use snapvault_actors::snapshot::index::SnapshotIndex;
+use snapvault_actors::snapshot::worker::{SnapshotConfig, SnapshotWorker};
 use snapvault_actors::{Registry, RegistryConfig};
 use snapvault_events::ids::IdAllocator;
 use snapvault_events::{Error, EventLog, MemoryLog, SharedClock, SledLog, SystemClock};
@@ -21,7 +23,12 @@ pub struct NodeParts {
 pub struct Node {
     client: Client,
     registry: Registry,
+    resume: tokio::task::JoinHandle<()>,
 }
+
+/// How long `shutdown` waits for the resume of unfinished work before it leaves the rest to
+/// the next start.
+const RESUME_WAIT_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Node {
     /// Open the parts named by `config` and start.
@@ -52,8 +59,13 @@ impl Node {
             }
             StoreConfig::Memory => Arc::new(object_store::memory::InMemory::new()),
         };
-        Self::start_with(NodeParts { log, store, clock }, config.registry, config.id_block_size)
-            .await
+        Self::start_with(
+            NodeParts { log, store, clock },
+            config.registry,
+            config.id_block_size,
+            config.snapshot,
+        )
+        .await
     }
 
     /// Start on parts made elsewhere (the simulator, tests).
@@ -61,11 +73,37 @@ impl Node {
         parts: NodeParts,
         registry: RegistryConfig,
         id_block_size: u64,
+        snapshot: SnapshotConfig,
     ) -> Result<Node, Error> {
         let registry = Registry::start(parts.log.clone(), parts.clock.clone(), registry).await?;
         let ids = Arc::new(IdAllocator::new(parts.log.clone(), id_block_size));
-        let client = Client::new(registry.clone(), ids, parts.store.clone());
-        Ok(Node { client, registry })
+        let snapshots = SnapshotIndex::start(parts.log.clone());
+        let worker = SnapshotWorker {
+            registry: registry.clone(),
+            log: parts.log.clone(),
+            store: parts.store.clone(),
+            clock: parts.clock.clone(),
+            config: snapshot,
+        };
+        let client = Client::new(
+            registry.clone(),
+            ids,
+            parts.store.clone(),
+            snapshots,
+            worker,
+        );
+        // Finish what a previous process left unfinished (pending creates, drops, pins).
+        let resumer = client.clone();
+        let resume = tokio::spawn(async move {
+            if let Err(e) = resumer.resume_unfinished().await {
+                tracing::warn!(error = %e, "resuming unfinished work failed; it is retried at the next start");
+            }
+        });
+        Ok(Node {
+            client,
+            registry,
+            resume,
+        })
     }
 
     /// A typed client; cheap to clone, usable from any task.
@@ -75,6 +113,19 @@ impl Node {
 
     /// Stop every actor after it finished what it was doing.
     pub async fn shutdown(self) {
+        let mut resume = self.resume;
+        if tokio::time::timeout(RESUME_WAIT_ON_SHUTDOWN, &mut resume)
+            .await
+            .is_err()
+        {
+            resume.abort();
+        }
+        self.client.snapshots.stop();
         self.registry.shutdown().await;
+    }
+
+    /// Wait until the work found unfinished at start is done (tests, `serve`).
+    pub async fn resumed(&mut self) {
+        let _ = (&mut self.resume).await;
     }
 }

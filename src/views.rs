@@ -136,8 +136,7 @@ impl CollectionView {
                     id: *id,
                     name: i.name.clone(),
                     field: i.field.clone(),
-                    params: serde_json::from_str(&i.params_json)
-                        .unwrap_or(serde_json::Value::Null),
+                    params: serde_json::from_str(&i.params_json).unwrap_or(serde_json::Value::Null),
                 })
                 .collect(),
             segments: s

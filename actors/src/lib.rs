@@ -8,11 +8,10 @@
 pub mod aggregate;
 pub mod catalog;
 pub mod collection;
+pub mod crash_points;
 pub mod entity;
-// Temporary, until snapshot/mod.rs is wired in (it declares `pub mod manifest;`).
-#[path = "snapshot/manifest.rs"]
-pub mod manifest;
 pub mod registry;
+pub mod snapshot;
 
 pub use aggregate::Aggregate;
 pub use entity::Executed;

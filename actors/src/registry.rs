@@ -398,7 +398,10 @@ impl Registry {
         for cell in cells {
             let _ = cell.drain_and_wait(Some(Duration::from_secs(10))).await;
         }
-        self.supervisor.stop(None);
+        let _ = self
+            .supervisor
+            .stop_and_wait(None, Some(Duration::from_secs(10)))
+            .await;
     }
 }
 

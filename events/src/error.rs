@@ -118,9 +118,20 @@ impl LogError {
     }
 }
 
+impl LogError {
+    /// The message without the code prefix that `Display` adds.
+    pub fn message(&self) -> String {
+        let text = self.to_string();
+        let prefix = format!("{}: ", self.code());
+        text.strip_prefix(&prefix)
+            .map(str::to_string)
+            .unwrap_or(text)
+    }
+}
+
 impl From<LogError> for Error {
     fn from(e: LogError) -> Self {
-        Error::new(e.code(), e.to_string())
+        Error::new(e.code(), e.message())
     }
 }
 

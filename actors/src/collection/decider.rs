@@ -7,7 +7,10 @@ use crate::aggregate::Aggregate;
 use serde::Serialize;
 use snapvault_events::Error;
 use snapvault_events::domain::collection::*;
-use snapvault_events::domain::{CollectionId, FileRef, IndexId, JobId, PartitionId, SegmentId};
+use snapvault_events::domain::snapshot::{MAX_DESCRIPTION_BYTES, MAX_LABEL_BYTES, MAX_LABELS};
+use snapvault_events::domain::{
+    CollectionId, FileRef, IndexId, JobId, PartitionId, SegmentId, SnapshotId,
+};
 use snapvault_events::validate::{validate_name, validate_object_key};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,6 +54,8 @@ pub struct CollectionState {
     pub dropped_segments: BTreeSet<SegmentId>,
     pub next_partition_id: PartitionId,
     pub next_index_id: IndexId,
+    /// Snapshots pinned on this collection and not released, by id.
+    pub pins: BTreeMap<SnapshotId, String>,
 }
 
 impl CollectionState {
@@ -181,6 +186,34 @@ fn check_json(what: &str, text: &str, max_bytes: usize) -> Result<(), Error> {
     serde_json::from_str::<serde_json::Value>(text)
         .map(|_| ())
         .map_err(|e| Error::invalid_argument(format!("{what} is not valid JSON: {e}")))
+}
+
+/// Snapshot description and labels are bounded so the pin event stays small.
+pub fn check_snapshot_labels(
+    description: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    if description.len() > MAX_DESCRIPTION_BYTES {
+        return Err(Error::invalid_argument(format!(
+            "description is {} bytes; at most {MAX_DESCRIPTION_BYTES} are allowed",
+            description.len()
+        )));
+    }
+    if labels.len() > MAX_LABELS {
+        return Err(Error::invalid_argument(format!(
+            "at most {MAX_LABELS} labels are allowed, got {}",
+            labels.len()
+        )));
+    }
+    for (k, v) in labels {
+        validate_name("label key", k)?;
+        if v.len() > MAX_LABEL_BYTES || v.chars().any(char::is_control) {
+            return Err(Error::invalid_argument(format!(
+                "label '{k}' value must be at most {MAX_LABEL_BYTES} bytes without control characters"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_create(c: &CreateCollection) -> Result<Vec<PartitionDef>, Error> {
@@ -465,6 +498,52 @@ impl Aggregate for Collection {
                     },
                 }])
             }
+            C::PinSnapshot {
+                snapshot_id,
+                name,
+                description,
+                labels,
+            } => {
+                s.require_writable()?;
+                validate_name("snapshot name", name)?;
+                check_snapshot_labels(description, labels)?;
+                if *snapshot_id == 0 {
+                    return Err(Error::invalid_argument("snapshot id must not be 0"));
+                }
+                if let Some(existing) = s.pins.get(snapshot_id) {
+                    if existing == name {
+                        return Ok(vec![]);
+                    }
+                    return Err(Error::already_exists(format!(
+                        "snapshot {snapshot_id} is already pinned as '{existing}'"
+                    )));
+                }
+                if s.pins.values().any(|n| n == name) {
+                    return Err(Error::already_exists(format!(
+                        "snapshot '{name}' already exists in collection '{}'",
+                        s.name
+                    )));
+                }
+                Ok(vec![E::SnapshotPinned {
+                    snapshot_id: *snapshot_id,
+                    name: name.clone(),
+                    description: description.clone(),
+                    labels: labels.clone(),
+                    pinned_ms: now_ms,
+                }])
+            }
+            C::UnpinSnapshot { snapshot_id } => {
+                if !s.exists {
+                    return Err(Error::not_found("collection not found"));
+                }
+                if s.pins.contains_key(snapshot_id) {
+                    Ok(vec![E::SnapshotUnpinned {
+                        snapshot_id: *snapshot_id,
+                    }])
+                } else {
+                    Ok(vec![])
+                }
+            }
         }
     }
 
@@ -578,6 +657,14 @@ impl Aggregate for Collection {
                     seg.indexes.retain(|i| i.index_id != index_files.index_id);
                     seg.indexes.push(index_files.clone());
                 }
+            }
+            E::SnapshotPinned {
+                snapshot_id, name, ..
+            } => {
+                s.pins.insert(*snapshot_id, name.clone());
+            }
+            E::SnapshotUnpinned { snapshot_id } => {
+                s.pins.remove(snapshot_id);
             }
         }
     }

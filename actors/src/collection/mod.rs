@@ -7,4 +7,4 @@ pub mod decider;
 #[cfg(test)]
 mod tests;
 
-pub use decider::{Collection, CollectionState, IndexState, PartitionState};
+pub use decider::{Collection, CollectionState, IndexState, PartitionState, check_snapshot_labels};

@@ -3,7 +3,7 @@
 //! One collection actor serializes every change of a collection, so any version of its stream
 //! is an exact cut of its segments: that is what a snapshot pins.
 
-use super::{BuildId, CollectionId, FileRef, IndexId, JobId, PartitionId, SegmentId};
+use super::{BuildId, CollectionId, FileRef, IndexId, JobId, PartitionId, SegmentId, SnapshotId};
 use crate::codec::DomainEvent;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -127,6 +127,18 @@ pub enum CollectionCommand {
         segment_id: SegmentId,
     },
     BuildIndex(BuildIndex),
+    /// Pin the current cut for a new snapshot; refused if a live snapshot has the name.
+    PinSnapshot {
+        snapshot_id: SnapshotId,
+        name: String,
+        description: String,
+        labels: BTreeMap<String, String>,
+    },
+    /// Release a pin (the snapshot failed or was dropped). Allowed after the collection was
+    /// dropped; a no-op when not pinned.
+    UnpinSnapshot {
+        snapshot_id: SnapshotId,
+    },
 }
 
 /// What happened to a collection.
@@ -177,6 +189,18 @@ pub enum CollectionEvent {
         segment_id: SegmentId,
         index_files: IndexFiles,
     },
+    /// From this event on, the cut (the state at this version) belongs to the snapshot and its
+    /// files are protected from GC.
+    SnapshotPinned {
+        snapshot_id: SnapshotId,
+        name: String,
+        description: String,
+        labels: BTreeMap<String, String>,
+        pinned_ms: u64,
+    },
+    SnapshotUnpinned {
+        snapshot_id: SnapshotId,
+    },
 }
 
 impl DomainEvent for CollectionEvent {
@@ -193,6 +217,8 @@ impl DomainEvent for CollectionEvent {
             CollectionEvent::SegmentsCompacted { .. } => "SegmentsCompacted",
             CollectionEvent::SegmentDropped { .. } => "SegmentDropped",
             CollectionEvent::IndexBuilt { .. } => "IndexBuilt",
+            CollectionEvent::SnapshotPinned { .. } => "SnapshotPinned",
+            CollectionEvent::SnapshotUnpinned { .. } => "SnapshotUnpinned",
         }
     }
 }

@@ -1,0 +1,488 @@
+//! The snapshot effect interpreter: the I/O a snapshot needs, run outside the decider.
+//!
+//! Every step is idempotent — manifests are deterministic bytes at deterministic keys, the
+//! decider ignores a repeated commit — so "resume after a crash" is simply "run it again".
+//! The worker never holds an entity's state across an await on the store: it reads the
+//! state, does the I/O, and sends the result back as a command.
+
+use crate::aggregate::Aggregate;
+use crate::collection::{Collection, CollectionState};
+use crate::crash_points::crash_point;
+use crate::registry::Registry;
+use crate::snapshot::decider::{Snapshot, SnapshotState};
+use crate::snapshot::manifest::{
+    self, FORMAT_VERSION, IndexMeta, ManifestRef, PartitionMeta, SEGMENTS_PER_MANIFEST,
+    SnapshotMetadata, Totals,
+};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use snapvault_events::codec::decode;
+use snapvault_events::domain::collection::{CollectionCommand, CollectionEvent};
+use snapvault_events::domain::snapshot::{
+    SnapshotCommand, SnapshotStatus, SnapshotTotals, snapshot_stream,
+};
+use snapvault_events::domain::{SnapshotId, collection_stream};
+use snapvault_events::{Error, ErrorCode, EventLog, SharedClock};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits and timings of snapshot work.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotConfig {
+    /// A create still Pending this long after it started is failed (and its partial
+    /// manifests left for GC).
+    pub pending_timeout_ms: u64,
+    /// First retry delay after a transient error; doubles up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Objects checked at once by `verify`.
+    pub verify_parallelism: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            pending_timeout_ms: 10 * 60 * 1000,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+            verify_parallelism: 16,
+        }
+    }
+}
+
+/// What the worker needs.
+#[derive(Clone)]
+pub struct SnapshotWorker {
+    pub registry: Registry,
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn ObjectStore>,
+    pub clock: SharedClock,
+    pub config: SnapshotConfig,
+}
+
+/// A transient error is worth retrying: the store or the log was unreachable.
+fn is_transient(e: &Error) -> bool {
+    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict)
+}
+
+fn store_error(key: &str, e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => {
+            Error::not_found(format!("object '{key}' not found"))
+        }
+        e => Error::unavailable(format!("object store error on '{key}': {e}")),
+    }
+}
+
+pub async fn put_object(store: &dyn ObjectStore, key: &str, data: Bytes) -> Result<(), Error> {
+    store
+        .put(&Path::from(key), PutPayload::from_bytes(data))
+        .await
+        .map(|_| ())
+        .map_err(|e| store_error(key, e))
+}
+
+pub async fn get_object(store: &dyn ObjectStore, key: &str) -> Result<Bytes, Error> {
+    let got = store
+        .get(&Path::from(key))
+        .await
+        .map_err(|e| store_error(key, e))?;
+    got.bytes().await.map_err(|e| store_error(key, e))
+}
+
+/// Where manifest `key` (as recorded in `snapshot.json`) is for a snapshot stored under
+/// `prefix`: manifests are found next to their `snapshot.json`, so a snapshot copied to
+/// another bucket or prefix stays readable.
+pub fn relocate(prefix: &str, key: &str) -> Result<String, Error> {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let valid = name
+        .strip_prefix("manifest-")
+        .and_then(|r| r.strip_suffix(".avro"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !valid {
+        return Err(Error::invalid_argument(format!(
+            "manifest key '{key}' in snapshot.json is not of the form manifest-<n>.avro"
+        )));
+    }
+    Ok(format!("{}/{name}", prefix.trim_end_matches('/')))
+}
+
+/// The state of a collection at `version` of its stream: the cut a snapshot pinned.
+pub async fn collection_at(
+    log: &dyn EventLog,
+    collection_id: u64,
+    version: u64,
+) -> Result<CollectionState, Error> {
+    const PAGE: usize = 1024;
+    let stream = collection_stream(collection_id);
+    let mut state = CollectionState::default();
+    let mut next = 1u64;
+    while next <= version {
+        let want = ((version - next + 1) as usize).min(PAGE);
+        let page = log.read_stream(&stream, next, want).await?;
+        if page.is_empty() {
+            return Err(Error::internal(format!(
+                "collection stream '{stream}' ends at version {} before the pinned version {version}",
+                next - 1
+            )));
+        }
+        for env in page {
+            let event: CollectionEvent = decode(&env)?;
+            Collection::evolve(&mut state, &event);
+            next = env.version + 1;
+        }
+    }
+    Ok(state)
+}
+
+impl SnapshotWorker {
+    async fn state(&self, id: SnapshotId) -> Result<SnapshotState, Error> {
+        self.registry
+            .inspect::<Snapshot, _>(&snapshot_stream(id), |_, s| s.clone())
+            .await
+    }
+
+    async fn command(&self, id: SnapshotId, command: SnapshotCommand) -> Result<(), Error> {
+        self.registry
+            .execute::<Snapshot>(&snapshot_stream(id), command, id)
+            .await
+            .map(|_| ())
+    }
+
+    /// Release the snapshot's pin on its collection (no-op when there is none, or when the
+    /// collection is not in this log, as for an imported snapshot).
+    async fn unpin(&self, s: &SnapshotState) -> Result<(), Error> {
+        let Some(identity) = &s.identity else {
+            return Ok(());
+        };
+        if s.imported {
+            return Ok(());
+        }
+        match self
+            .registry
+            .execute::<Collection>(
+                &collection_stream(identity.collection_id),
+                CollectionCommand::UnpinSnapshot {
+                    snapshot_id: identity.snapshot_id,
+                },
+                identity.snapshot_id,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drive a create to its end: Committed, or Failed after a permanent error or the pending
+    /// timeout. Safe to run again, and to run twice at once.
+    pub async fn run_create(&self, id: SnapshotId) -> Result<SnapshotState, Error> {
+        let mut delay_ms = self.config.retry_initial_ms.max(1);
+        loop {
+            let s = self.state(id).await?;
+            match s.status {
+                Some(SnapshotStatus::Pending) => {}
+                Some(SnapshotStatus::Failed) => {
+                    self.unpin(&s).await?;
+                    return Ok(s);
+                }
+                Some(_) => return Ok(s),
+                None => return Err(Error::not_found(format!("snapshot {id} not found"))),
+            }
+            let outcome = self.write_and_verify(&s).await;
+            let now_ms = self.clock.now_ms();
+            match outcome {
+                Ok(commit) => {
+                    crash_point("snapshot.before_commit");
+                    self.command(id, commit).await?;
+                }
+                Err(e) if !is_transient(&e) || now_ms >= s.deadline_ms => {
+                    let reason = if is_transient(&e) {
+                        format!("gave up after the pending timeout: {e}")
+                    } else {
+                        e.to_string()
+                    };
+                    tracing::warn!(snapshot = id, %reason, "snapshot create failed");
+                    self.command(id, SnapshotCommand::Fail { reason }).await?;
+                }
+                Err(e) => {
+                    tracing::info!(snapshot = id, error = %e, delay_ms, "snapshot create will retry");
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    delay_ms = (delay_ms * 2).min(self.config.retry_max_ms.max(1));
+                }
+            }
+        }
+    }
+
+    /// Write `manifest-{n}.avro` in batches and `snapshot.json`, read every object back and
+    /// check its checksum, and return the commit command.
+    async fn write_and_verify(&self, s: &SnapshotState) -> Result<SnapshotCommand, Error> {
+        let identity = s
+            .identity
+            .as_ref()
+            .ok_or_else(|| Error::internal("pending snapshot without identity"))?;
+        let cut = collection_at(&*self.log, identity.collection_id, s.pinned_version).await?;
+        let mut manifests = Vec::new();
+        let mut totals = Totals::default();
+        let segments: Vec<_> = cut.segments.values().collect();
+        for (n, chunk) in segments.chunks(SEGMENTS_PER_MANIFEST).enumerate() {
+            let bytes =
+                manifest::encode_manifest(identity.snapshot_id, n as u32, chunk.iter().copied())?;
+            let key =
+                manifest::manifest_key(identity.collection_id, identity.snapshot_id, n as u32);
+            let mut r = ManifestRef {
+                key: key.clone(),
+                segments: 0,
+                files: 0,
+                bytes: 0,
+                size: bytes.len() as u64,
+                crc32c: crc32c::crc32c(&bytes),
+            };
+            for seg in chunk {
+                r.segments += 1;
+                for f in seg
+                    .files
+                    .iter()
+                    .chain(seg.indexes.iter().flat_map(|i| i.files.iter()))
+                {
+                    r.files += 1;
+                    r.bytes += f.size;
+                }
+                totals.rows += seg.rows;
+            }
+            totals.segments += r.segments;
+            totals.files += r.files;
+            totals.bytes += r.bytes;
+            put_object(&*self.store, &key, Bytes::from(bytes)).await?;
+            manifests.push(r);
+            crash_point("snapshot.after_manifest");
+        }
+        let metadata = SnapshotMetadata {
+            format_version: FORMAT_VERSION,
+            snapshot_id: identity.snapshot_id,
+            name: identity.name.clone(),
+            description: identity.description.clone(),
+            labels: identity.labels.clone(),
+            collection_id: identity.collection_id,
+            collection_name: identity.collection_name.clone(),
+            schema_json: cut.schema_json.clone(),
+            shard_count: cut.shard_count,
+            properties: cut.properties.clone(),
+            partitions: cut
+                .partitions
+                .iter()
+                .filter(|(_, p)| !p.dropped)
+                .map(|(id, p)| PartitionMeta {
+                    id: *id,
+                    name: p.name.clone(),
+                })
+                .collect(),
+            indexes: cut
+                .indexes
+                .iter()
+                .filter(|(_, i)| !i.dropped)
+                .map(|(id, i)| IndexMeta {
+                    id: *id,
+                    name: i.name.clone(),
+                    field: i.field.clone(),
+                    params_json: i.params_json.clone(),
+                })
+                .collect(),
+            pinned_version: s.pinned_version,
+            created_ms: s.created_ms,
+            manifests: manifests.clone(),
+            totals,
+        };
+        let json = manifest::encode_metadata(&metadata)?;
+        let metadata_crc32c = crc32c::crc32c(&json);
+        let metadata_key = manifest::metadata_key(identity.collection_id, identity.snapshot_id);
+        put_object(&*self.store, &metadata_key, Bytes::from(json)).await?;
+        crash_point("snapshot.after_metadata");
+        // Read everything back: a commit promises the bucket alone can restore it.
+        let back = get_object(&*self.store, &metadata_key).await?;
+        if crc32c::crc32c(&back) != metadata_crc32c {
+            return Err(Error::unavailable(format!(
+                "'{metadata_key}' read back differs from what was written"
+            )));
+        }
+        let store = self.store.clone();
+        futures::stream::iter(manifests.clone())
+            .map(|m| {
+                let store = store.clone();
+                async move {
+                    let back = get_object(&*store, &m.key).await?;
+                    if back.len() as u64 != m.size || crc32c::crc32c(&back) != m.crc32c {
+                        return Err(Error::unavailable(format!(
+                            "manifest '{}' read back differs from what was written",
+                            m.key
+                        )));
+                    }
+                    Ok(())
+                }
+            })
+            .buffer_unordered(self.config.verify_parallelism.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(SnapshotCommand::Commit {
+            metadata_key,
+            metadata_crc32c,
+            manifests: manifests.len() as u32,
+            totals: SnapshotTotals {
+                segments: totals.segments,
+                files: totals.files,
+                bytes: totals.bytes,
+                rows: totals.rows,
+            },
+        })
+    }
+
+    /// Finish a drop: release the pin, delete the manifests, mark Deleted. Safe to repeat.
+    pub async fn run_delete(&self, id: SnapshotId) -> Result<SnapshotState, Error> {
+        let mut delay_ms = self.config.retry_initial_ms.max(1);
+        loop {
+            let s = self.state(id).await?;
+            match s.status {
+                Some(SnapshotStatus::Deleting) => {}
+                Some(_) => return Ok(s),
+                None => return Err(Error::not_found(format!("snapshot {id} not found"))),
+            }
+            match self.delete_objects(&s).await {
+                Ok(()) => self.command(id, SnapshotCommand::MarkDeleted).await?,
+                Err(e) if is_transient(&e) => {
+                    tracing::info!(snapshot = id, error = %e, delay_ms, "snapshot delete will retry");
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    delay_ms = (delay_ms * 2).min(self.config.retry_max_ms.max(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn delete_objects(&self, s: &SnapshotState) -> Result<(), Error> {
+        self.unpin(s).await?;
+        crash_point("snapshot.after_unpin");
+        if s.imported {
+            // The objects of an imported snapshot were put there by a person; they are not
+            // ours to delete.
+            return Ok(());
+        }
+        let prefix = Path::from(s.prefix.as_str());
+        let keys: Vec<Path> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| store_error(&s.prefix, e))?;
+        for key in keys {
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error(key.as_ref(), e)),
+            }
+            crash_point("snapshot.after_first_delete");
+        }
+        Ok(())
+    }
+
+    /// Read the manifests of a committed snapshot and check every referenced object exists
+    /// with the right size and crc32c.
+    pub async fn verify(&self, s: &SnapshotState) -> Result<VerifyReport, Error> {
+        let metadata = self.load_metadata(s).await?;
+        let mut report = VerifyReport::default();
+        for m in &metadata.manifests {
+            let key = relocate(&s.prefix, &m.key)?;
+            let bytes = match get_object(&*self.store, &key).await {
+                Ok(b) => b,
+                Err(e) if e.code == ErrorCode::NotFound => {
+                    report.corrupt_manifests.push(format!("{key}: missing"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if bytes.len() as u64 != m.size || crc32c::crc32c(&bytes) != m.crc32c {
+                report
+                    .corrupt_manifests
+                    .push(format!("{key}: size or crc32c mismatch"));
+                continue;
+            }
+            let segments = manifest::decode_manifest(&bytes)?;
+            let files: Vec<_> = segments
+                .iter()
+                .flat_map(|seg| {
+                    seg.files
+                        .iter()
+                        .chain(seg.indexes.iter().flat_map(|i| i.files.iter()))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let store = self.store.clone();
+            let results: Vec<(String, Result<Option<String>, Error>)> =
+                futures::stream::iter(files.into_iter())
+                    .map(|f| {
+                        let store = store.clone();
+                        async move {
+                            let r = match get_object(&*store, &f.key).await {
+                                Ok(b) if b.len() as u64 != f.size => {
+                                    Ok(Some(format!("size {} != {}", b.len(), f.size)))
+                                }
+                                Ok(b) if crc32c::crc32c(&b) != f.crc32c => {
+                                    Ok(Some("crc32c mismatch".to_string()))
+                                }
+                                Ok(b) => {
+                                    drop(b);
+                                    Ok(None)
+                                }
+                                Err(e) if e.code == ErrorCode::NotFound => {
+                                    Ok(Some("missing".to_string()))
+                                }
+                                Err(e) => Err(e),
+                            };
+                            (f.key, r)
+                        }
+                    })
+                    .buffer_unordered(self.config.verify_parallelism.max(1))
+                    .collect()
+                    .await;
+            for (key, r) in results {
+                report.checked_files += 1;
+                match r? {
+                    None => {}
+                    Some(reason) if reason == "missing" => report.missing.push(key),
+                    Some(reason) => report.corrupt.push(format!("{key}: {reason}")),
+                }
+            }
+        }
+        report.missing.sort();
+        report.corrupt.sort();
+        report.ok = report.missing.is_empty()
+            && report.corrupt.is_empty()
+            && report.corrupt_manifests.is_empty();
+        Ok(report)
+    }
+
+    /// Read and check `snapshot.json` of a snapshot.
+    pub async fn load_metadata(&self, s: &SnapshotState) -> Result<SnapshotMetadata, Error> {
+        let bytes = get_object(&*self.store, &s.metadata_key).await?;
+        if crc32c::crc32c(&bytes) != s.metadata_crc32c {
+            return Err(Error::internal(format!(
+                "'{}' does not match the checksum recorded at commit: the object was changed or damaged",
+                s.metadata_key
+            )));
+        }
+        manifest::decode_metadata(&bytes)
+    }
+}
+
+/// The outcome of `verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub checked_files: u64,
+    pub missing: Vec<String>,
+    pub corrupt: Vec<String>,
+    pub corrupt_manifests: Vec<String>,
+}
