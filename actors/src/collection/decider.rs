@@ -13,6 +13,7 @@ use snapvault_events::domain::{
 };
 use snapvault_events::validate::{validate_name, validate_object_key};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Longest property key or value.
 const MAX_PROPERTY_BYTES: usize = 4096;
@@ -48,8 +49,9 @@ pub struct CollectionState {
     pub created_ms: u64,
     pub partitions: BTreeMap<PartitionId, PartitionState>,
     pub indexes: BTreeMap<IndexId, IndexState>,
-    /// Live segments only.
-    pub segments: BTreeMap<SegmentId, SegmentRecord>,
+    /// Live segments only. Shared (`Arc`) so a snapshot can take the cut as a cheap copy of
+    /// the map instead of replaying the stream.
+    pub segments: BTreeMap<SegmentId, Arc<SegmentRecord>>,
     /// Ids of segments that were live once and are gone (compacted away or dropped).
     pub dropped_segments: BTreeSet<SegmentId>,
     pub next_partition_id: PartitionId,
@@ -631,18 +633,23 @@ impl Aggregate for Collection {
                     i.dropped = true;
                 }
                 for seg in s.segments.values_mut() {
-                    seg.indexes.retain(|i| i.index_id != *index_id);
+                    if seg.indexes.iter().any(|i| i.index_id == *index_id) {
+                        Arc::make_mut(seg)
+                            .indexes
+                            .retain(|i| i.index_id != *index_id);
+                    }
                 }
             }
             E::SegmentFlushed { segment } => {
-                s.segments.insert(segment.segment_id, segment.clone());
+                s.segments
+                    .insert(segment.segment_id, Arc::new(segment.clone()));
             }
             E::SegmentsCompacted { compacted, into } => {
                 for id in compacted {
                     s.segments.remove(id);
                     s.dropped_segments.insert(*id);
                 }
-                s.segments.insert(into.segment_id, into.clone());
+                s.segments.insert(into.segment_id, Arc::new(into.clone()));
             }
             E::SegmentDropped { segment_id } => {
                 s.segments.remove(segment_id);
@@ -653,7 +660,9 @@ impl Aggregate for Collection {
                 index_files,
             } => {
                 if let Some(seg) = s.segments.get_mut(segment_id) {
-                    // A rebuild replaces the previous build of the same index.
+                    // A rebuild replaces the previous build of the same index. Copy on write:
+                    // a snapshot's cut keeps the segment as it was.
+                    let seg = Arc::make_mut(seg);
                     seg.indexes.retain(|i| i.index_id != index_files.index_id);
                     seg.indexes.push(index_files.clone());
                 }

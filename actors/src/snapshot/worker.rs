@@ -19,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use snapvault_events::codec::decode;
-use snapvault_events::domain::collection::{CollectionCommand, CollectionEvent};
+use snapvault_events::domain::collection::{CollectionCommand, CollectionEvent, SegmentRecord};
 use snapvault_events::domain::snapshot::{
     SnapshotCommand, SnapshotStatus, SnapshotTotals, snapshot_stream,
 };
@@ -109,6 +109,63 @@ pub fn relocate(prefix: &str, key: &str) -> Result<String, Error> {
     Ok(format!("{}/{name}", prefix.trim_end_matches('/')))
 }
 
+/// Manifests written at once by one snapshot create.
+const MANIFEST_WRITE_PARALLELISM: usize = 4;
+
+/// `n` of `.../manifest-{n}.avro`, for ordering.
+fn manifest_number(key: &str) -> u64 {
+    key.rsplit('/')
+        .next()
+        .and_then(|f| f.strip_prefix("manifest-"))
+        .and_then(|f| f.strip_suffix(".avro"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// Encode manifest `n`, write it, read it back and check it. Returns its reference and the
+/// rows it covers.
+async fn write_manifest(
+    store: &dyn ObjectStore,
+    collection_id: u64,
+    snapshot_id: SnapshotId,
+    n: u32,
+    chunk: &[Arc<SegmentRecord>],
+) -> Result<(ManifestRef, u64), Error> {
+    let bytes = manifest::encode_manifest(snapshot_id, n, chunk.iter().map(|s| &**s))?;
+    let key = manifest::manifest_key(collection_id, snapshot_id, n);
+    let mut r = ManifestRef {
+        key: key.clone(),
+        segments: 0,
+        files: 0,
+        bytes: 0,
+        size: bytes.len() as u64,
+        crc32c: crc32c::crc32c(&bytes),
+    };
+    let mut rows = 0;
+    for seg in chunk {
+        r.segments += 1;
+        rows += seg.rows;
+        for f in seg
+            .files
+            .iter()
+            .chain(seg.indexes.iter().flat_map(|i| i.files.iter()))
+        {
+            r.files += 1;
+            r.bytes += f.size;
+        }
+    }
+    put_object(store, &key, Bytes::from(bytes)).await?;
+    crash_point("snapshot.after_manifest");
+    // Read it back: a commit promises the bucket alone can restore the snapshot.
+    let back = get_object(store, &key).await?;
+    if back.len() as u64 != r.size || crc32c::crc32c(&back) != r.crc32c {
+        return Err(Error::unavailable(format!(
+            "manifest '{key}' read back differs from what was written"
+        )));
+    }
+    Ok((r, rows))
+}
+
 /// The state of a collection at `version` of its stream: the cut a snapshot pinned.
 pub async fn collection_at(
     log: &dyn EventLog,
@@ -149,6 +206,21 @@ impl SnapshotWorker {
             .execute::<Snapshot>(&snapshot_stream(id), command, id)
             .await
             .map(|_| ())
+    }
+
+    /// The collection as it was at `version`: taken from the live actor when nothing happened
+    /// since (the usual case: the pin was the last event), otherwise replayed from the log.
+    async fn cut(&self, collection_id: u64, version: u64) -> Result<CollectionState, Error> {
+        let current = self
+            .registry
+            .inspect::<Collection, _>(&collection_stream(collection_id), move |v, s| {
+                (v == version).then(|| s.clone())
+            })
+            .await?;
+        match current {
+            Some(state) => Ok(state),
+            None => collection_at(&*self.log, collection_id, version).await,
+        }
     }
 
     /// Release the snapshot's pin on its collection (no-op when there is none, or when the
@@ -224,42 +296,43 @@ impl SnapshotWorker {
             .identity
             .as_ref()
             .ok_or_else(|| Error::internal("pending snapshot without identity"))?;
-        let cut = collection_at(&*self.log, identity.collection_id, s.pinned_version).await?;
-        let mut manifests = Vec::new();
+        let cut = self.cut(identity.collection_id, s.pinned_version).await?;
+        // Encode, write and read back the manifests in parallel (bounded): each is independent
+        // and deterministic, so the order they land in does not matter.
+        let chunks: Vec<Vec<Arc<SegmentRecord>>> = cut
+            .segments
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .chunks(SEGMENTS_PER_MANIFEST)
+            .map(<[_]>::to_vec)
+            .collect();
+        let snapshot_id = identity.snapshot_id;
+        let collection_id = identity.collection_id;
+        let mut manifests: Vec<(ManifestRef, u64)> =
+            futures::stream::iter(chunks.into_iter().enumerate())
+                .map(|(n, chunk)| {
+                    let store = self.store.clone();
+                    tokio::spawn(async move {
+                        write_manifest(&*store, collection_id, snapshot_id, n as u32, &chunk).await
+                    })
+                })
+                .buffer_unordered(MANIFEST_WRITE_PARALLELISM)
+                .map(|joined| {
+                    joined
+                        .map_err(|e| Error::internal(format!("manifest writer task failed: {e}")))?
+                })
+                .try_collect()
+                .await?;
+        manifests.sort_by_key(|(r, _)| manifest_number(&r.key));
         let mut totals = Totals::default();
-        let segments: Vec<_> = cut.segments.values().collect();
-        for (n, chunk) in segments.chunks(SEGMENTS_PER_MANIFEST).enumerate() {
-            let bytes =
-                manifest::encode_manifest(identity.snapshot_id, n as u32, chunk.iter().copied())?;
-            let key =
-                manifest::manifest_key(identity.collection_id, identity.snapshot_id, n as u32);
-            let mut r = ManifestRef {
-                key: key.clone(),
-                segments: 0,
-                files: 0,
-                bytes: 0,
-                size: bytes.len() as u64,
-                crc32c: crc32c::crc32c(&bytes),
-            };
-            for seg in chunk {
-                r.segments += 1;
-                for f in seg
-                    .files
-                    .iter()
-                    .chain(seg.indexes.iter().flat_map(|i| i.files.iter()))
-                {
-                    r.files += 1;
-                    r.bytes += f.size;
-                }
-                totals.rows += seg.rows;
-            }
+        for (r, rows) in &manifests {
             totals.segments += r.segments;
             totals.files += r.files;
             totals.bytes += r.bytes;
-            put_object(&*self.store, &key, Bytes::from(bytes)).await?;
-            manifests.push(r);
-            crash_point("snapshot.after_manifest");
+            totals.rows += rows;
         }
+        let manifests: Vec<ManifestRef> = manifests.into_iter().map(|(r, _)| r).collect();
         let metadata = SnapshotMetadata {
             format_version: FORMAT_VERSION,
             snapshot_id: identity.snapshot_id,
@@ -308,24 +381,6 @@ impl SnapshotWorker {
                 "'{metadata_key}' read back differs from what was written"
             )));
         }
-        let store = self.store.clone();
-        futures::stream::iter(manifests.clone())
-            .map(|m| {
-                let store = store.clone();
-                async move {
-                    let back = get_object(&*store, &m.key).await?;
-                    if back.len() as u64 != m.size || crc32c::crc32c(&back) != m.crc32c {
-                        return Err(Error::unavailable(format!(
-                            "manifest '{}' read back differs from what was written",
-                            m.key
-                        )));
-                    }
-                    Ok(())
-                }
-            })
-            .buffer_unordered(self.config.verify_parallelism.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
         Ok(SnapshotCommand::Commit {
             metadata_key,
             metadata_crc32c,
