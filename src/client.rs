@@ -8,6 +8,7 @@ use crate::views::{CollectionSummary, CollectionView};
 use object_store::ObjectStore;
 use snapvault_actors::catalog::{Catalog, CatalogCommand};
 use snapvault_actors::collection::{Collection, CollectionState};
+use snapvault_actors::gc::Gc;
 use snapvault_actors::snapshot::index::SnapshotIndex;
 use snapvault_actors::snapshot::worker::SnapshotWorker;
 use snapvault_actors::{Executed, Registry};
@@ -41,6 +42,7 @@ pub struct Client {
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) snapshots: SnapshotIndex,
     pub(crate) snapshot_worker: SnapshotWorker,
+    pub(crate) gc: Gc,
 }
 
 impl Client {
@@ -50,6 +52,7 @@ impl Client {
         store: Arc<dyn ObjectStore>,
         snapshots: SnapshotIndex,
         snapshot_worker: SnapshotWorker,
+        gc: Gc,
     ) -> Self {
         Client {
             registry,
@@ -57,6 +60,7 @@ impl Client {
             store,
             snapshots,
             snapshot_worker,
+            gc,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Node configuration.
 
 use snapvault_actors::RegistryConfig;
+use snapvault_actors::gc::GcConfig;
 use snapvault_actors::snapshot::worker::SnapshotConfig;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,7 @@ pub struct NodeConfig {
     /// How many ids one reservation in the log covers.
     pub id_block_size: u64,
     pub snapshot: SnapshotConfig,
+    pub gc: GcConfig,
 }
 
 impl NodeConfig {
@@ -45,6 +47,7 @@ impl NodeConfig {
             registry: RegistryConfig::default(),
             id_block_size: 1_000,
             snapshot: SnapshotConfig::default(),
+            gc: GcConfig::default(),
         }
     }
 
@@ -56,6 +59,7 @@ impl NodeConfig {
             registry: RegistryConfig::default(),
             id_block_size: 1_000,
             snapshot: SnapshotConfig::default(),
+            gc: GcConfig::default(),
         }
     }
 }

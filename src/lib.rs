@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod config;
+pub mod gc;
 pub mod host;
 pub mod node;
 pub mod snapshots;

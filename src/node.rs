@@ -3,6 +3,8 @@
 use crate::client::Client;
 use crate::config::{LogConfig, NodeConfig, StoreConfig};
 use object_store::ObjectStore;
+use snapvault_actors::gc::Gc;
+use snapvault_actors::gc::sweeper::{GcConfig, SweepContext};
 use snapvault_actors::snapshot::index::SnapshotIndex;
 use snapvault_actors::snapshot::worker::{SnapshotConfig, SnapshotWorker};
 use snapvault_actors::{Registry, RegistryConfig};
@@ -64,6 +66,7 @@ impl Node {
             config.registry,
             config.id_block_size,
             config.snapshot,
+            config.gc,
         )
         .await
     }
@@ -74,6 +77,7 @@ impl Node {
         registry: RegistryConfig,
         id_block_size: u64,
         snapshot: SnapshotConfig,
+        gc: GcConfig,
     ) -> Result<Node, Error> {
         let registry = Registry::start(parts.log.clone(), parts.clock.clone(), registry).await?;
         let ids = Arc::new(IdAllocator::new(parts.log.clone(), id_block_size));
@@ -85,12 +89,21 @@ impl Node {
             clock: parts.clock.clone(),
             config: snapshot,
         };
+        let gc = Gc::start(SweepContext {
+            log: parts.log.clone(),
+            store: parts.store.clone(),
+            clock: parts.clock.clone(),
+            snapshots: worker.clone(),
+            config: gc,
+        })
+        .await?;
         let client = Client::new(
             registry.clone(),
             ids,
             parts.store.clone(),
             snapshots,
             worker,
+            gc,
         );
         // Finish what a previous process left unfinished (pending creates, drops, pins).
         let resumer = client.clone();
@@ -120,7 +133,8 @@ impl Node {
         {
             resume.abort();
         }
-        self.client.snapshots.stop();
+        self.client.snapshots.stop().await;
+        self.client.gc.stop().await;
         self.registry.shutdown().await;
     }
 

@@ -45,13 +45,15 @@ pub struct SnapshotIndex {
     log: Arc<dyn EventLog>,
     tables: Arc<Mutex<Tables>>,
     applied_rx: watch::Receiver<u64>,
-    task: Arc<tokio::task::JoinHandle<()>>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Drop for SnapshotIndex {
     fn drop(&mut self) {
-        if Arc::strong_count(&self.task) == 1 {
-            self.task.abort();
+        if Arc::strong_count(&self.task) == 1
+            && let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            t.abort();
         }
     }
 }
@@ -91,13 +93,17 @@ impl SnapshotIndex {
             log,
             tables,
             applied_rx,
-            task: Arc::new(task),
+            task: Arc::new(Mutex::new(Some(task))),
         }
     }
 
-    /// Stop tailing (node shutdown): releases the log.
-    pub fn stop(&self) {
-        self.task.abort();
+    /// Stop tailing (node shutdown) and wait until the task let go of the log.
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
     }
 
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {

@@ -1,0 +1,479 @@
+//! The reference index: which object is needed by what, folded from the whole log.
+//!
+//! Pure (no I/O): `apply` folds one envelope, the `plan_*` and `classify` functions answer
+//! "may this object go?". The GC supervisor feeds it from the log and acts on its answers.
+//!
+//! What protects an object:
+//! - a live segment (data or index file) of any collection that lists it;
+//! - a snapshot that pinned it: from its `SnapshotPinned` event (so a Pending snapshot whose
+//!   create crashed protects its files) until the pin is released (`SnapshotUnpinned`, or the
+//!   snapshot Failed / DeleteRequested);
+//! - a restore in flight: everything under the data prefix of a collection in `Restoring`;
+//! - a snapshot's own prefix while it is Pending or Committed (its manifests).
+//!
+//! A file no live segment lists any more (dropped, compacted away, index rebuilt) is
+//! *dropped*: it may go once it has been dropped longer than the retention and no snapshot
+//! holds it. Memory: each distinct key is stored once; segments and snapshots hold 4-byte
+//! file numbers.
+
+use crate::aggregate::Aggregate;
+use crate::snapshot::decider::{Snapshot, SnapshotState};
+use snapvault_events::codec::decode;
+use snapvault_events::domain::collection::{CollectionEvent, CollectionStatus, SegmentRecord};
+use snapvault_events::domain::gc::{GcCategory, GcEvent};
+use snapvault_events::domain::snapshot::{SnapshotEvent, SnapshotStatus};
+use snapvault_events::domain::{CollectionId, IndexId, SegmentId, SnapshotId};
+use snapvault_events::{Envelope, LogError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+type FileNo = u32;
+
+#[derive(Debug, Clone, Default)]
+struct FileEntry {
+    size: u64,
+    /// Live segments listing this key.
+    live_refs: u32,
+    /// Snapshots holding this key.
+    snapshot_refs: u32,
+    /// When the last live reference went away (envelope time); 0 while live.
+    dropped_at_ms: u64,
+    /// A `Reclaiming` event named it; it is gone (or about to be).
+    reclaimed: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SegmentFiles {
+    data: Vec<FileNo>,
+    indexes: Vec<(IndexId, Vec<FileNo>)>,
+}
+
+impl SegmentFiles {
+    fn all(&self) -> impl Iterator<Item = FileNo> + '_ {
+        self.data
+            .iter()
+            .copied()
+            .chain(self.indexes.iter().flat_map(|(_, f)| f.iter().copied()))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct CollectionRefs {
+    status: Option<CollectionStatus>,
+    /// Was Restoring when it was dropped: a failed or cancelled restore.
+    dropped_while_restoring: bool,
+    segments: BTreeMap<SegmentId, SegmentFiles>,
+    /// partition id per live segment, for partition drops.
+    partition_of: BTreeMap<SegmentId, u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SnapshotRefs {
+    state: SnapshotState,
+    /// Files pinned, held while `holding`.
+    files: Vec<FileNo>,
+    holding: bool,
+}
+
+/// Where the projection stands against the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub applied: u64,
+}
+
+#[derive(Default)]
+pub struct RefIndex {
+    applied: u64,
+    keys: HashMap<Arc<str>, FileNo>,
+    names: Vec<Arc<str>>,
+    files: Vec<FileEntry>,
+    collections: BTreeMap<CollectionId, CollectionRefs>,
+    snapshots: BTreeMap<SnapshotId, SnapshotRefs>,
+    last_cycle: u64,
+    /// Keys named by `Reclaiming` of cycles that have not finished: a crash may have left
+    /// some of them undeleted, so the next cycle deletes them again.
+    unfinished: BTreeMap<u64, Vec<String>>,
+}
+
+/// One object GC decided to reclaim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reclaim {
+    pub category: GcCategory,
+    pub key: String,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+impl RefIndex {
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Number of (snapshot, file) and (segment, file) references held.
+    pub fn reference_count(&self) -> u64 {
+        let seg: u64 = self
+            .collections
+            .values()
+            .flat_map(|c| c.segments.values())
+            .map(|s| s.all().count() as u64)
+            .sum();
+        let snap: u64 = self.snapshots.values().map(|s| s.files.len() as u64).sum();
+        seg + snap
+    }
+
+    /// The last GC cycle number seen in the log.
+    pub fn last_cycle(&self) -> u64 {
+        self.last_cycle
+    }
+
+    fn intern(&mut self, key: &str, size: u64) -> FileNo {
+        if let Some(n) = self.keys.get(key) {
+            return *n;
+        }
+        let n = self.files.len() as FileNo;
+        let k: Arc<str> = Arc::from(key);
+        self.keys.insert(k.clone(), n);
+        self.names.push(k);
+        self.files.push(FileEntry {
+            size,
+            ..FileEntry::default()
+        });
+        n
+    }
+
+    fn add_live(&mut self, files: &[snapvault_events::domain::FileRef]) -> Vec<FileNo> {
+        files
+            .iter()
+            .map(|f| {
+                let n = self.intern(&f.key, f.size);
+                let e = &mut self.files[n as usize];
+                e.live_refs += 1;
+                e.dropped_at_ms = 0;
+                e.reclaimed = false;
+                n
+            })
+            .collect()
+    }
+
+    fn drop_live(&mut self, files: impl IntoIterator<Item = FileNo>, at_ms: u64) {
+        for n in files {
+            let e = &mut self.files[n as usize];
+            e.live_refs = e.live_refs.saturating_sub(1);
+            if e.live_refs == 0 {
+                e.dropped_at_ms = at_ms.max(1);
+            }
+        }
+    }
+
+    fn add_segment(&mut self, collection: CollectionId, seg: &SegmentRecord) {
+        let data = self.add_live(&seg.files);
+        let indexes = seg
+            .indexes
+            .iter()
+            .map(|i| (i.index_id, self.add_live(&i.files)))
+            .collect();
+        let c = self.collections.entry(collection).or_default();
+        c.segments
+            .insert(seg.segment_id, SegmentFiles { data, indexes });
+        c.partition_of.insert(seg.segment_id, seg.partition_id);
+    }
+
+    fn drop_segment(&mut self, collection: CollectionId, segment: SegmentId, at_ms: u64) {
+        let Some(c) = self.collections.get_mut(&collection) else {
+            return;
+        };
+        c.partition_of.remove(&segment);
+        if let Some(files) = c.segments.remove(&segment) {
+            let all: Vec<FileNo> = files.all().collect();
+            self.drop_live(all, at_ms);
+        }
+    }
+
+    fn release_snapshot(&mut self, id: SnapshotId) {
+        if let Some(s) = self.snapshots.get_mut(&id)
+            && s.holding
+        {
+            s.holding = false;
+            let files = std::mem::take(&mut s.files);
+            for n in files {
+                let e = &mut self.files[n as usize];
+                e.snapshot_refs = e.snapshot_refs.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Fold one event of the log. Events must come in global order, each once.
+    pub fn apply(&mut self, env: &Envelope) -> Result<(), LogError> {
+        if env.position <= self.applied {
+            return Ok(());
+        }
+        if let Some(id) = stream_id(&env.stream, "collection-") {
+            self.apply_collection(id, env)?;
+        } else if let Some(id) = stream_id(&env.stream, "snapshot-") {
+            let event: SnapshotEvent = decode(env)?;
+            let entry = self.snapshots.entry(id).or_default();
+            Snapshot::evolve(&mut entry.state, &event);
+            if matches!(
+                event,
+                SnapshotEvent::Failed { .. } | SnapshotEvent::DeleteRequested { .. }
+            ) {
+                self.release_snapshot(id);
+            }
+        } else if env.stream == snapvault_events::domain::gc::GC_STREAM {
+            match decode::<GcEvent>(env)? {
+                GcEvent::Reclaiming { keys, cycle, .. } => {
+                    self.last_cycle = self.last_cycle.max(cycle);
+                    for k in &keys {
+                        if let Some(n) = self.keys.get(k.as_str()) {
+                            self.files[*n as usize].reclaimed = true;
+                        }
+                    }
+                    self.unfinished.entry(cycle).or_default().extend(keys);
+                }
+                GcEvent::CycleStarted { cycle, .. } => self.last_cycle = self.last_cycle.max(cycle),
+                GcEvent::CycleFinished { cycle, .. } => {
+                    self.unfinished.remove(&cycle);
+                }
+            }
+        }
+        self.applied = env.position;
+        Ok(())
+    }
+
+    fn apply_collection(&mut self, id: CollectionId, env: &Envelope) -> Result<(), LogError> {
+        use CollectionEvent as E;
+        let at = env.time_ms;
+        match decode::<CollectionEvent>(env)? {
+            E::Created { status, .. } => {
+                self.collections.entry(id).or_default().status = Some(status);
+            }
+            E::Dropped => {
+                let c = self.collections.entry(id).or_default();
+                c.dropped_while_restoring = c.status == Some(CollectionStatus::Restoring);
+                c.status = Some(CollectionStatus::Dropped);
+                let segments: Vec<SegmentId> = c.segments.keys().copied().collect();
+                for s in segments {
+                    self.drop_segment(id, s, at);
+                }
+            }
+            E::PartitionDropped { partition_id } => {
+                let gone: Vec<SegmentId> = self
+                    .collections
+                    .get(&id)
+                    .map(|c| {
+                        c.partition_of
+                            .iter()
+                            .filter(|(_, p)| **p == partition_id)
+                            .map(|(s, _)| *s)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for s in gone {
+                    self.drop_segment(id, s, at);
+                }
+            }
+            E::IndexDropped { index_id } => {
+                let mut dropped = Vec::new();
+                if let Some(c) = self.collections.get_mut(&id) {
+                    for seg in c.segments.values_mut() {
+                        seg.indexes.retain(|(i, files)| {
+                            if *i == index_id {
+                                dropped.extend(files.iter().copied());
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                    }
+                }
+                self.drop_live(dropped, at);
+            }
+            E::SegmentFlushed { segment } => self.add_segment(id, &segment),
+            E::SegmentsCompacted { compacted, into } => {
+                // Add first: a key that moves into the new segment is never seen as dropped.
+                self.add_segment(id, &into);
+                for s in compacted {
+                    self.drop_segment(id, s, at);
+                }
+            }
+            E::SegmentDropped { segment_id } => self.drop_segment(id, segment_id, at),
+            E::IndexBuilt {
+                segment_id,
+                index_files,
+            } => {
+                let new = self.add_live(&index_files.files);
+                let mut old = Vec::new();
+                if let Some(seg) = self
+                    .collections
+                    .get_mut(&id)
+                    .and_then(|c| c.segments.get_mut(&segment_id))
+                {
+                    seg.indexes.retain(|(i, files)| {
+                        if *i == index_files.index_id {
+                            old.extend(files.iter().copied());
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    seg.indexes.push((index_files.index_id, new));
+                } else {
+                    // A build on an unknown segment protects nothing; undo the references.
+                    old.extend(new);
+                }
+                self.drop_live(old, at);
+            }
+            E::SnapshotPinned { snapshot_id, .. } => {
+                let files: Vec<FileNo> = self
+                    .collections
+                    .get(&id)
+                    .map(|c| c.segments.values().flat_map(|s| s.all()).collect())
+                    .unwrap_or_default();
+                for n in &files {
+                    self.files[*n as usize].snapshot_refs += 1;
+                }
+                let s = self.snapshots.entry(snapshot_id).or_default();
+                s.files = files;
+                s.holding = true;
+            }
+            E::SnapshotUnpinned { snapshot_id } => self.release_snapshot(snapshot_id),
+            // Names and declarations hold no objects.
+            E::PartitionCreated { .. } | E::IndexCreated { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Is `key` protected right now (live, held by a snapshot, or inside a protected prefix)?
+    pub fn is_protected(&self, key: &str) -> bool {
+        if let Some(n) = self.keys.get(key) {
+            let e = &self.files[*n as usize];
+            if e.live_refs > 0 || e.snapshot_refs > 0 {
+                return true;
+            }
+        }
+        self.protecting_prefix(key).is_some()
+    }
+
+    /// The prefix that protects `key`, if any: the data prefix of a collection being restored,
+    /// or the manifests of a snapshot that is Pending or Committed.
+    fn protecting_prefix(&self, key: &str) -> Option<String> {
+        let mut parts = key.split('/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("data"), Some(cid), _) => {
+                let cid: CollectionId = cid.parse().ok()?;
+                let c = self.collections.get(&cid)?;
+                (c.status == Some(CollectionStatus::Restoring)).then(|| format!("data/{cid}/"))
+            }
+            (Some("snapshots"), Some(_), Some(sid)) => {
+                let sid: SnapshotId = sid.parse().ok()?;
+                let s = self.snapshots.get(&sid)?;
+                let pinned_only = s.holding && s.state.status.is_none();
+                let live = matches!(
+                    s.state.status,
+                    Some(SnapshotStatus::Pending) | Some(SnapshotStatus::Committed)
+                );
+                (live || pinned_only).then(|| format!("snapshots/{sid}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Is the key known to the log at all (live, dropped but not yet reclaimed, or held)?
+    /// Objects that are not known are orphan candidates.
+    pub fn is_known(&self, key: &str) -> bool {
+        match self.keys.get(key) {
+            Some(n) => {
+                let e = &self.files[*n as usize];
+                e.live_refs > 0 || e.snapshot_refs > 0 || !e.reclaimed
+            }
+            None => false,
+        }
+    }
+
+    /// Dropped files whose retention has passed and that nothing holds.
+    pub fn plan_dropped(&self, now_ms: u64, retention_ms: u64, limit: usize) -> Vec<Reclaim> {
+        let mut out = Vec::new();
+        for (n, e) in self.files.iter().enumerate() {
+            if out.len() >= limit {
+                break;
+            }
+            if e.live_refs == 0
+                && e.snapshot_refs == 0
+                && !e.reclaimed
+                && e.dropped_at_ms > 0
+                && now_ms.saturating_sub(e.dropped_at_ms) >= retention_ms
+            {
+                let key = &self.names[n];
+                if self.protecting_prefix(key).is_some() {
+                    continue;
+                }
+                out.push(Reclaim {
+                    category: GcCategory::DroppedFiles,
+                    key: key.to_string(),
+                    bytes: e.size,
+                    reason: format!(
+                        "dropped {} s ago, retention {} s, held by no snapshot",
+                        now_ms.saturating_sub(e.dropped_at_ms) / 1000,
+                        retention_ms / 1000
+                    ),
+                });
+            }
+        }
+        out
+    }
+
+    /// Keys named by `Reclaiming` events of cycles that never finished (the process died
+    /// mid-sweep): delete them again. Never one that became protected since.
+    pub fn reclaimed_keys(&self) -> impl Iterator<Item = &str> {
+        self.unfinished
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .filter(|k| !self.is_protected(k))
+    }
+
+    /// Cycles with a `Reclaiming` record but no `CycleFinished`.
+    pub fn unfinished_cycles(&self) -> Vec<u64> {
+        self.unfinished.keys().copied().collect()
+    }
+
+    /// Snapshots whose manifests must go: Deleting ones, and Failed ones (partial manifests).
+    pub fn snapshots_to_clean(&self) -> Vec<(SnapshotId, SnapshotStatus, String, bool)> {
+        self.snapshots
+            .iter()
+            .filter_map(|(id, s)| match s.state.status {
+                Some(st @ (SnapshotStatus::Deleting | SnapshotStatus::Failed)) => {
+                    Some((*id, st, s.state.prefix.clone(), s.state.imported))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Collections dropped while a restore was filling them: their data prefixes.
+    pub fn failed_restore_prefixes(&self) -> Vec<String> {
+        self.collections
+            .iter()
+            .filter(|(_, c)| c.dropped_while_restoring)
+            .map(|(id, _)| format!("data/{id}/"))
+            .collect()
+    }
+
+    /// Imported snapshots that are live: their files are protected through their manifests,
+    /// which the sweeper reads (the log does not list them).
+    pub fn live_imported_snapshots(&self) -> Vec<SnapshotState> {
+        self.snapshots
+            .values()
+            .filter(|s| s.state.imported && s.state.status == Some(SnapshotStatus::Committed))
+            .map(|s| s.state.clone())
+            .collect()
+    }
+}
+
+fn stream_id(stream: &str, prefix: &str) -> Option<u64> {
+    stream.strip_prefix(prefix)?.parse().ok()
+}

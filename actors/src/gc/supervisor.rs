@@ -1,0 +1,509 @@
+//! The GC supervisor: a ractor supervisor owning the ref-index projection and the sweeper.
+//!
+//! ractor's default is to stop a supervisor when a child ends; this one overrides it: a child
+//! that fails (a corrupt record, a panic) is restarted after a backoff that doubles up to
+//! `MAX_RESTART_BACKOFF_MS`, and GC keeps answering (`unavailable` while the sweeper is down,
+//! "not loaded" while the index rebuilds). A restarted index starts empty and replays the log,
+//! so a half-applied event can never leave it wrong.
+
+use crate::gc::ref_index::RefIndex;
+use crate::gc::sweeper::{GcReport, GcRunOptions, SweepContext, SweepState};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde::{Deserialize, Serialize};
+use snapvault_events::domain::gc::{Amount, GcCategory};
+use snapvault_events::{Error, EventLog};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// Events applied per read of the log.
+const INDEX_PAGE_EVENTS: usize = 4096;
+const FIRST_RESTART_BACKOFF_MS: u64 = 100;
+const MAX_RESTART_BACKOFF_MS: u64 = 10_000;
+
+/// GC as the rest of the node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcStatus {
+    pub loaded: bool,
+    /// Log position the ref index has applied.
+    pub applied: u64,
+    /// Log head seen when the index (re)started: loaded once applied reaches it.
+    pub target_head: u64,
+    pub not_loaded_reason: Option<String>,
+    pub last_cycle: Option<GcReport>,
+    /// Reclaimed by this process since it started, per category.
+    pub totals: BTreeMap<GcCategory, Amount>,
+    /// When the next cycle runs on its own (clock ms), if on an interval.
+    pub next_run_ms: Option<u64>,
+    /// How often a GC child was restarted after failing.
+    pub child_restarts: u64,
+    pub files_indexed: u64,
+}
+
+struct Shared {
+    index: Mutex<RefIndex>,
+    applied_tx: watch::Sender<u64>,
+    target_head: AtomicU64,
+    restarts: AtomicU64,
+    status: Mutex<GcStatus>,
+    /// Set by `Gc::stop`: children that end now are not restarted.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn applied(&self) -> u64 {
+        *self.applied_tx.borrow()
+    }
+    fn loaded(&self) -> bool {
+        self.applied() >= self.target_head.load(Ordering::SeqCst)
+    }
+    fn not_loaded(&self) -> String {
+        format!(
+            "ref index not loaded (at position {} of {})",
+            self.applied(),
+            self.target_head.load(Ordering::SeqCst)
+        )
+    }
+}
+
+// ---- the ref-index child -------------------------------------------------------------------
+
+struct RefIndexActor;
+
+enum IndexMsg {
+    Pump,
+}
+
+struct IndexState {
+    log: Arc<dyn EventLog>,
+    shared: Arc<Shared>,
+    waiting: bool,
+}
+
+#[ractor::async_trait]
+impl Actor for RefIndexActor {
+    type Msg = IndexMsg;
+    type State = IndexState;
+    type Arguments = (Arc<dyn EventLog>, Arc<Shared>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<IndexMsg>,
+        (log, shared): Self::Arguments,
+    ) -> Result<IndexState, ActorProcessingErr> {
+        // Start from nothing: a previous incarnation may have failed half-way through an event.
+        *shared.index.lock().unwrap_or_else(|p| p.into_inner()) = RefIndex::default();
+        shared.applied_tx.send_replace(0);
+        let head = log.head().await?;
+        shared.target_head.store(head, Ordering::SeqCst);
+        myself.send_message(IndexMsg::Pump)?;
+        Ok(IndexState {
+            log,
+            shared,
+            waiting: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<IndexMsg>,
+        IndexMsg::Pump: IndexMsg,
+        s: &mut IndexState,
+    ) -> Result<(), ActorProcessingErr> {
+        s.waiting = false;
+        let from = s.shared.applied() + 1;
+        let page = s.log.read_all(from, INDEX_PAGE_EVENTS).await?;
+        let n = page.len();
+        if let Some(last) = page.last().map(|e| e.position) {
+            {
+                let mut ix = s.shared.index.lock().unwrap_or_else(|p| p.into_inner());
+                for env in &page {
+                    ix.apply(env)?;
+                }
+            }
+            s.shared.applied_tx.send_replace(last);
+        }
+        if n == INDEX_PAGE_EVENTS {
+            myself.send_message(IndexMsg::Pump)?;
+        } else if !s.waiting {
+            // Tail: wake when the head moves past what we applied.
+            s.waiting = true;
+            let mut head = s.log.watch_head();
+            let applied = s.shared.applied();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                loop {
+                    if *head.borrow_and_update() > applied {
+                        break;
+                    }
+                    if head.changed().await.is_err() {
+                        return;
+                    }
+                }
+                let _ = me.send_message(IndexMsg::Pump);
+            });
+        }
+        Ok(())
+    }
+}
+
+// ---- the sweeper child ---------------------------------------------------------------------
+
+struct SweeperActor;
+
+enum SweepMsg {
+    Run {
+        options: GcRunOptions,
+        reply: oneshot::Sender<Result<GcReport, Error>>,
+    },
+    Tick,
+}
+
+struct SweeperState {
+    ctx: SweepContext,
+    shared: Arc<Shared>,
+    memory: SweepState,
+}
+
+impl SweeperState {
+    async fn run(&mut self, options: &GcRunOptions) -> Result<GcReport, Error> {
+        if !self.shared.loaded() {
+            let reason = self.shared.not_loaded();
+            return Ok(GcReport {
+                dry_run: options.dry_run,
+                loaded: false,
+                not_loaded_reason: Some(reason),
+                ..GcReport::default()
+            });
+        }
+        let mut rx = self.shared.applied_tx.subscribe();
+        let report = self
+            .ctx
+            .cycle(&self.shared.index, &mut rx, &mut self.memory, options)
+            .await?;
+        let mut st = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+        if !report.dry_run {
+            for (c, a) in &report.reclaimed {
+                let t = st.totals.entry(*c).or_default();
+                t.objects += a.objects;
+                t.bytes += a.bytes;
+            }
+        }
+        st.last_cycle = Some(report.clone());
+        Ok(report)
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for SweeperActor {
+    type Msg = SweepMsg;
+    type State = SweeperState;
+    type Arguments = (SweepContext, Arc<Shared>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SweepMsg>,
+        (ctx, shared): Self::Arguments,
+    ) -> Result<SweeperState, ActorProcessingErr> {
+        if ctx.config.interval_ms > 0 {
+            let every = Duration::from_millis(ctx.config.interval_ms);
+            myself.send_interval(every, || SweepMsg::Tick);
+            let next = ctx.clock.now_ms() + ctx.config.interval_ms;
+            shared
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .next_run_ms = Some(next);
+        }
+        Ok(SweeperState {
+            ctx,
+            shared,
+            memory: SweepState::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SweepMsg>,
+        msg: SweepMsg,
+        s: &mut SweeperState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SweepMsg::Run { options, reply } => {
+                let out = s.run(&options).await;
+                let _ = reply.send(out);
+            }
+            SweepMsg::Tick => {
+                match s.run(&GcRunOptions::default()).await {
+                    Ok(r) if !r.loaded => tracing::info!(
+                        reason = r.not_loaded_reason.as_deref().unwrap_or(""),
+                        "GC cycle skipped"
+                    ),
+                    Ok(r) => tracing::info!(
+                        cycle = r.cycle,
+                        objects = r.total().objects,
+                        bytes = r.total().bytes,
+                        "GC cycle done"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "GC cycle failed; the next one retries"),
+                }
+                let next = s.ctx.clock.now_ms() + s.ctx.config.interval_ms;
+                s.shared
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .next_run_ms = Some(next);
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- the supervisor ------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Child {
+    Index,
+    Sweeper,
+}
+
+enum GcMsg {
+    Run {
+        options: GcRunOptions,
+        reply: oneshot::Sender<Result<GcReport, Error>>,
+    },
+    Restart(Child),
+}
+
+struct GcSupervisor;
+
+struct SupState {
+    log: Arc<dyn EventLog>,
+    ctx: SweepContext,
+    shared: Arc<Shared>,
+    index: Option<ActorRef<IndexMsg>>,
+    sweeper: Option<ActorRef<SweepMsg>>,
+    backoff_ms: u64,
+}
+
+impl SupState {
+    async fn start(
+        &mut self,
+        myself: &ActorRef<GcMsg>,
+        child: Child,
+    ) -> Result<(), ActorProcessingErr> {
+        match child {
+            Child::Index => {
+                let (r, _) = Actor::spawn_linked(
+                    None,
+                    RefIndexActor,
+                    (self.log.clone(), self.shared.clone()),
+                    myself.get_cell(),
+                )
+                .await?;
+                self.index = Some(r);
+            }
+            Child::Sweeper => {
+                let (r, _) = Actor::spawn_linked(
+                    None,
+                    SweeperActor,
+                    (self.ctx.clone(), self.shared.clone()),
+                    myself.get_cell(),
+                )
+                .await?;
+                self.sweeper = Some(r);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for GcSupervisor {
+    type Msg = GcMsg;
+    type State = SupState;
+    type Arguments = (SweepContext, Arc<Shared>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GcMsg>,
+        (ctx, shared): Self::Arguments,
+    ) -> Result<SupState, ActorProcessingErr> {
+        let mut s = SupState {
+            log: ctx.log.clone(),
+            ctx,
+            shared,
+            index: None,
+            sweeper: None,
+            backoff_ms: FIRST_RESTART_BACKOFF_MS,
+        };
+        s.start(&myself, Child::Index).await?;
+        s.start(&myself, Child::Sweeper).await?;
+        Ok(s)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<GcMsg>,
+        msg: GcMsg,
+        s: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            GcMsg::Run { options, reply } => match &s.sweeper {
+                Some(sweeper) => {
+                    if let Err(e) = sweeper.send_message(SweepMsg::Run { options, reply }) {
+                        if let ractor::MessagingErr::SendErr(SweepMsg::Run { reply, .. }) = e {
+                            let _ = reply.send(Err(Error::unavailable(
+                                "the GC sweeper is restarting; try again",
+                            )));
+                        }
+                    }
+                }
+                None => {
+                    let _ = reply.send(Err(Error::unavailable(
+                        "the GC sweeper is restarting; try again",
+                    )));
+                }
+            },
+            GcMsg::Restart(_) if s.shared.stopping.load(Ordering::SeqCst) => {}
+            GcMsg::Restart(child) => {
+                if let Err(e) = s.start(&myself, child).await {
+                    tracing::warn!(?child, error = %e, "GC child failed to restart; retrying");
+                    schedule_restart(&myself, child, s);
+                } else {
+                    s.backoff_ms = FIRST_RESTART_BACKOFF_MS;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<GcMsg>,
+        event: SupervisionEvent,
+        s: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (who, why) = match &event {
+            SupervisionEvent::ActorFailed(who, err) => (who.get_id(), err.to_string()),
+            SupervisionEvent::ActorTerminated(who, _, reason) => (
+                who.get_id(),
+                reason.clone().unwrap_or_else(|| "stopped".into()),
+            ),
+            _ => return Ok(()),
+        };
+        if s.shared.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let child = if s.index.as_ref().is_some_and(|r| r.get_id() == who) {
+            s.index = None;
+            Child::Index
+        } else if s.sweeper.as_ref().is_some_and(|r| r.get_id() == who) {
+            s.sweeper = None;
+            Child::Sweeper
+        } else {
+            return Ok(());
+        };
+        s.shared.restarts.fetch_add(1, Ordering::SeqCst);
+        tracing::warn!(?child, reason = %why, backoff_ms = s.backoff_ms, "GC child ended; restarting");
+        schedule_restart(&myself, child, s);
+        Ok(())
+    }
+}
+
+fn schedule_restart(myself: &ActorRef<GcMsg>, child: Child, s: &mut SupState) {
+    let delay = Duration::from_millis(s.backoff_ms);
+    s.backoff_ms = (s.backoff_ms * 2).min(MAX_RESTART_BACKOFF_MS);
+    let me = myself.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = me.send_message(GcMsg::Restart(child));
+    });
+}
+
+/// The node's handle on GC.
+#[derive(Clone)]
+pub struct Gc {
+    supervisor: ActorRef<GcMsg>,
+    shared: Arc<Shared>,
+}
+
+impl Gc {
+    pub async fn start(ctx: SweepContext) -> Result<Gc, Error> {
+        let (applied_tx, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            index: Mutex::new(RefIndex::default()),
+            applied_tx,
+            target_head: AtomicU64::new(u64::MAX),
+            restarts: AtomicU64::new(0),
+            status: Mutex::new(GcStatus::default()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (supervisor, _) = Actor::spawn(None, GcSupervisor, (ctx, shared.clone()))
+            .await
+            .map_err(|e| Error::internal(format!("cannot start GC: {e}")))?;
+        Ok(Gc { supervisor, shared })
+    }
+
+    /// Run a cycle now (or a dry run).
+    pub async fn run(&self, options: GcRunOptions) -> Result<GcReport, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.supervisor
+            .send_message(GcMsg::Run { options, reply })
+            .map_err(|_| Error::unavailable("GC is not running"))?;
+        rx.await
+            .map_err(|_| Error::unavailable("the GC sweeper stopped during the cycle; try again"))?
+    }
+
+    /// Wait until the ref index is loaded (or `timeout`).
+    pub async fn wait_loaded(&self, timeout: Duration) -> Result<(), Error> {
+        let mut rx = self.shared.applied_tx.subscribe();
+        let wait = async {
+            loop {
+                if self.shared.loaded() {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::unavailable(self.shared.not_loaded()))
+    }
+
+    pub fn status(&self) -> GcStatus {
+        let mut st = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        st.applied = self.shared.applied();
+        st.target_head = self.shared.target_head.load(Ordering::SeqCst);
+        st.loaded = self.shared.loaded();
+        st.not_loaded_reason = (!st.loaded).then(|| self.shared.not_loaded());
+        st.child_restarts = self.shared.restarts.load(Ordering::SeqCst);
+        st.files_indexed = self
+            .shared
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .file_count() as u64;
+        st
+    }
+
+    pub async fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.supervisor
+            .stop_children_and_wait(None, Some(Duration::from_secs(10)))
+            .await;
+        let _ = self
+            .supervisor
+            .stop_and_wait(None, Some(Duration::from_secs(10)))
+            .await;
+    }
+}
