@@ -18,33 +18,44 @@
 
 use crate::aggregate::Aggregate;
 use crate::snapshot::decider::{Snapshot, SnapshotState};
+use hashbrown::HashTable;
 use snapvault_events::codec::decode;
 use snapvault_events::domain::collection::{CollectionEvent, CollectionStatus, SegmentRecord};
 use snapvault_events::domain::gc::{GcCategory, GcEvent};
 use snapvault_events::domain::snapshot::{SnapshotEvent, SnapshotStatus};
 use snapvault_events::domain::{CollectionId, IndexId, SegmentId, SnapshotId};
 use snapvault_events::{Envelope, LogError};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 type FileNo = u32;
 
+/// One distinct object key. 24 bytes: the key text lives in one shared arena.
 #[derive(Debug, Clone, Default)]
 struct FileEntry {
     size: u64,
-    /// Live segments listing this key.
-    live_refs: u32,
+    /// Where the key starts in the arena; it ends where the next file's key starts.
+    key_start: u32,
     /// Snapshots holding this key.
     snapshot_refs: u32,
-    /// When the last live reference went away (envelope time); 0 while live.
-    dropped_at_ms: u64,
+    /// When the last live reference went away, in seconds (rounded up, so a file is kept a
+    /// little longer, never shorter, than the retention); 0 while live.
+    dropped_at_s: u32,
+    /// Live segments listing this key.
+    live_refs: u16,
     /// A `Reclaiming` event named it; it is gone (or about to be).
     reclaimed: bool,
 }
 
+impl FileEntry {
+    fn dropped_at_ms(&self) -> u64 {
+        u64::from(self.dropped_at_s) * 1000
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct SegmentFiles {
-    data: Vec<FileNo>,
+    data: Box<[FileNo]>,
     indexes: Vec<(IndexId, Vec<FileNo>)>,
 }
 
@@ -84,8 +95,10 @@ pub struct Progress {
 #[derive(Default)]
 pub struct RefIndex {
     applied: u64,
-    keys: HashMap<Arc<str>, FileNo>,
-    names: Vec<Arc<str>>,
+    /// Every distinct key, back to back; `FileEntry::key_start` points in.
+    arena: String,
+    /// Key → file number, hashed by the key text in the arena (no second copy of the key).
+    table: HashTable<FileNo>,
     files: Vec<FileEntry>,
     collections: BTreeMap<CollectionId, CollectionRefs>,
     snapshots: BTreeMap<SnapshotId, SnapshotRefs>,
@@ -130,33 +143,72 @@ impl RefIndex {
         self.last_cycle
     }
 
-    fn intern(&mut self, key: &str, size: u64) -> FileNo {
-        if let Some(n) = self.keys.get(key) {
-            return *n;
-        }
-        let n = self.files.len() as FileNo;
-        let k: Arc<str> = Arc::from(key);
-        self.keys.insert(k.clone(), n);
-        self.names.push(k);
-        self.files.push(FileEntry {
-            size,
-            ..FileEntry::default()
-        });
-        n
+    fn hash(key: &str) -> u64 {
+        // SipHash with fixed keys: deterministic across runs (iteration order never leaks
+        // anyway; plans walk `files` in number order).
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
     }
 
-    fn add_live(&mut self, files: &[snapvault_events::domain::FileRef]) -> Vec<FileNo> {
-        files
-            .iter()
-            .map(|f| {
-                let n = self.intern(&f.key, f.size);
-                let e = &mut self.files[n as usize];
-                e.live_refs += 1;
-                e.dropped_at_ms = 0;
-                e.reclaimed = false;
-                n
-            })
-            .collect()
+    fn key(&self, n: FileNo) -> &str {
+        let start = self.files[n as usize].key_start as usize;
+        let end = self
+            .files
+            .get(n as usize + 1)
+            .map_or(self.arena.len(), |f| f.key_start as usize);
+        &self.arena[start..end]
+    }
+
+    fn lookup(&self, key: &str) -> Option<FileNo> {
+        self.table
+            .find(Self::hash(key), |n| self.key(*n) == key)
+            .copied()
+    }
+
+    fn intern(&mut self, key: &str, size: u64) -> Result<FileNo, LogError> {
+        if let Some(n) = self.lookup(key) {
+            return Ok(n);
+        }
+        let key_start = u32::try_from(self.arena.len())
+            .ok()
+            .filter(|s| (*s as usize) + key.len() <= u32::MAX as usize)
+            .ok_or_else(|| LogError::Corrupt {
+                position: self.applied + 1,
+                reason: "the GC ref index holds 4 GiB of keys, its limit".into(),
+            })?;
+        let n = self.files.len() as FileNo;
+        self.arena.push_str(key);
+        self.files.push(FileEntry {
+            size,
+            key_start,
+            ..FileEntry::default()
+        });
+        let hash = Self::hash(key);
+        let files = &self.files;
+        let arena = &self.arena;
+        self.table.insert_unique(hash, n, |m| {
+            let start = files[*m as usize].key_start as usize;
+            let end = files
+                .get(*m as usize + 1)
+                .map_or(arena.len(), |f| f.key_start as usize);
+            Self::hash(&arena[start..end])
+        });
+        Ok(n)
+    }
+
+    fn add_live(
+        &mut self,
+        files: &[snapvault_events::domain::FileRef],
+    ) -> Result<Vec<FileNo>, LogError> {
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let n = self.intern(&f.key, f.size)?;
+            let e = &mut self.files[n as usize];
+            e.live_refs = e.live_refs.saturating_add(1);
+            e.dropped_at_s = 0;
+            e.reclaimed = false;
+            out.push(n);
+        }
+        Ok(out)
     }
 
     fn drop_live(&mut self, files: impl IntoIterator<Item = FileNo>, at_ms: u64) {
@@ -164,22 +216,31 @@ impl RefIndex {
             let e = &mut self.files[n as usize];
             e.live_refs = e.live_refs.saturating_sub(1);
             if e.live_refs == 0 {
-                e.dropped_at_ms = at_ms.max(1);
+                e.dropped_at_s = u32::try_from(at_ms.div_ceil(1000).max(1)).unwrap_or(u32::MAX);
             }
         }
     }
 
-    fn add_segment(&mut self, collection: CollectionId, seg: &SegmentRecord) {
-        let data = self.add_live(&seg.files);
-        let indexes = seg
-            .indexes
-            .iter()
-            .map(|i| (i.index_id, self.add_live(&i.files)))
-            .collect();
+    fn add_segment(
+        &mut self,
+        collection: CollectionId,
+        seg: &SegmentRecord,
+    ) -> Result<(), LogError> {
+        let data = self.add_live(&seg.files)?;
+        let mut indexes = Vec::with_capacity(seg.indexes.len());
+        for i in &seg.indexes {
+            indexes.push((i.index_id, self.add_live(&i.files)?));
+        }
         let c = self.collections.entry(collection).or_default();
-        c.segments
-            .insert(seg.segment_id, SegmentFiles { data, indexes });
+        c.segments.insert(
+            seg.segment_id,
+            SegmentFiles {
+                data: data.into_boxed_slice(),
+                indexes,
+            },
+        );
         c.partition_of.insert(seg.segment_id, seg.partition_id);
+        Ok(())
     }
 
     fn drop_segment(&mut self, collection: CollectionId, segment: SegmentId, at_ms: u64) {
@@ -228,8 +289,8 @@ impl RefIndex {
                 GcEvent::Reclaiming { keys, cycle, .. } => {
                     self.last_cycle = self.last_cycle.max(cycle);
                     for k in &keys {
-                        if let Some(n) = self.keys.get(k.as_str()) {
-                            self.files[*n as usize].reclaimed = true;
+                        if let Some(n) = self.lookup(k) {
+                            self.files[n as usize].reclaimed = true;
                         }
                     }
                     self.unfinished.entry(cycle).or_default().extend(keys);
@@ -292,10 +353,10 @@ impl RefIndex {
                 }
                 self.drop_live(dropped, at);
             }
-            E::SegmentFlushed { segment } => self.add_segment(id, &segment),
+            E::SegmentFlushed { segment } => self.add_segment(id, &segment)?,
             E::SegmentsCompacted { compacted, into } => {
                 // Add first: a key that moves into the new segment is never seen as dropped.
-                self.add_segment(id, &into);
+                self.add_segment(id, &into)?;
                 for s in compacted {
                     self.drop_segment(id, s, at);
                 }
@@ -305,7 +366,7 @@ impl RefIndex {
                 segment_id,
                 index_files,
             } => {
-                let new = self.add_live(&index_files.files);
+                let new = self.add_live(&index_files.files)?;
                 let mut old = Vec::new();
                 if let Some(seg) = self
                     .collections
@@ -347,10 +408,26 @@ impl RefIndex {
         Ok(())
     }
 
+    /// Give back the slack of the growing tables (called when the index has caught up, so
+    /// the memory held is what the references need, not what the replay's growth left).
+    pub fn shrink(&mut self) {
+        self.arena.shrink_to_fit();
+        self.files.shrink_to_fit();
+        let files = &self.files;
+        let arena = &self.arena;
+        self.table.shrink_to_fit(|m| {
+            let start = files[*m as usize].key_start as usize;
+            let end = files
+                .get(*m as usize + 1)
+                .map_or(arena.len(), |f| f.key_start as usize);
+            Self::hash(&arena[start..end])
+        });
+    }
+
     /// Is `key` protected right now (live, held by a snapshot, or inside a protected prefix)?
     pub fn is_protected(&self, key: &str) -> bool {
-        if let Some(n) = self.keys.get(key) {
-            let e = &self.files[*n as usize];
+        if let Some(n) = self.lookup(key) {
+            let e = &self.files[n as usize];
             if e.live_refs > 0 || e.snapshot_refs > 0 {
                 return true;
             }
@@ -385,9 +462,9 @@ impl RefIndex {
     /// Is the key known to the log at all (live, dropped but not yet reclaimed, or held)?
     /// Objects that are not known are orphan candidates.
     pub fn is_known(&self, key: &str) -> bool {
-        match self.keys.get(key) {
+        match self.lookup(key) {
             Some(n) => {
-                let e = &self.files[*n as usize];
+                let e = &self.files[n as usize];
                 e.live_refs > 0 || e.snapshot_refs > 0 || !e.reclaimed
             }
             None => false,
@@ -404,10 +481,10 @@ impl RefIndex {
             if e.live_refs == 0
                 && e.snapshot_refs == 0
                 && !e.reclaimed
-                && e.dropped_at_ms > 0
-                && now_ms.saturating_sub(e.dropped_at_ms) >= retention_ms
+                && e.dropped_at_s > 0
+                && now_ms.saturating_sub(e.dropped_at_ms()) >= retention_ms
             {
-                let key = &self.names[n];
+                let key = self.key(n as FileNo);
                 if self.protecting_prefix(key).is_some() {
                     continue;
                 }
@@ -417,7 +494,7 @@ impl RefIndex {
                     bytes: e.size,
                     reason: format!(
                         "dropped {} s ago, retention {} s, held by no snapshot",
-                        now_ms.saturating_sub(e.dropped_at_ms) / 1000,
+                        now_ms.saturating_sub(e.dropped_at_ms()) / 1000,
                         retention_ms / 1000
                     ),
                 });

@@ -80,6 +80,8 @@ struct IndexState {
     log: Arc<dyn EventLog>,
     shared: Arc<Shared>,
     waiting: bool,
+    /// Replaying full pages (not yet tailing).
+    replaying: bool,
 }
 
 #[ractor::async_trait]
@@ -103,6 +105,7 @@ impl Actor for RefIndexActor {
             log,
             shared,
             waiting: false,
+            replaying: false,
         })
     }
 
@@ -127,7 +130,16 @@ impl Actor for RefIndexActor {
         }
         if n == INDEX_PAGE_EVENTS {
             myself.send_message(IndexMsg::Pump)?;
+            s.replaying = true;
         } else if !s.waiting {
+            if std::mem::take(&mut s.replaying) {
+                // Caught up after a replay: drop the growth slack once.
+                s.shared
+                    .index
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .shrink();
+            }
             // Tail: wake when the head moves past what we applied.
             s.waiting = true;
             let mut head = s.log.watch_head();
