@@ -554,3 +554,265 @@ impl RefIndex {
 fn stream_id(stream: &str, prefix: &str) -> Option<u64> {
     stream.strip_prefix(prefix)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapvault_events::codec::{DomainEvent, encode};
+    use snapvault_events::domain::FileRef;
+    use snapvault_events::domain::collection::CollectionStatus;
+
+    /// Feeds events with increasing positions and a settable time.
+    struct Feed {
+        index: RefIndex,
+        position: u64,
+        versions: BTreeMap<String, u64>,
+    }
+
+    impl Feed {
+        fn new() -> Feed {
+            Feed {
+                index: RefIndex::default(),
+                position: 0,
+                versions: BTreeMap::new(),
+            }
+        }
+
+        fn push<E: DomainEvent>(&mut self, stream: &str, at_ms: u64, event: E) {
+            let new = encode(&event).unwrap();
+            self.position += 1;
+            let v = self.versions.entry(stream.to_string()).or_default();
+            *v += 1;
+            let env = Envelope {
+                stream: stream.to_string(),
+                version: *v,
+                position: self.position,
+                event_type: new.event_type,
+                schema_version: new.schema_version,
+                time_ms: at_ms,
+                correlation_id: 0,
+                causation_id: 0,
+                payload: new.payload,
+                crc32c: 0,
+            };
+            self.index.apply(&env).unwrap();
+        }
+
+        fn collection(&mut self, at: u64, e: CollectionEvent) {
+            self.push("collection-1", at, e);
+        }
+
+        fn planned(&self, now_ms: u64, retention_ms: u64) -> Vec<String> {
+            self.index
+                .plan_dropped(now_ms, retention_ms, 1000)
+                .into_iter()
+                .map(|r| r.key)
+                .collect()
+        }
+    }
+
+    fn created(status: CollectionStatus) -> CollectionEvent {
+        CollectionEvent::Created {
+            collection_id: 1,
+            name: "c".into(),
+            schema_json: "{}".into(),
+            shard_count: 1,
+            properties: Default::default(),
+            partitions: vec![],
+            status,
+            restoring_job: None,
+            created_ms: 0,
+        }
+    }
+
+    fn segment(id: u64, keys: &[&str]) -> SegmentRecord {
+        SegmentRecord {
+            segment_id: id,
+            partition_id: 1,
+            shard: 0,
+            rows: 1,
+            level: 0,
+            files: keys
+                .iter()
+                .map(|k| FileRef {
+                    key: k.to_string(),
+                    size: 10,
+                    crc32c: 0,
+                })
+                .collect(),
+            indexes: vec![],
+        }
+    }
+
+    #[test]
+    fn dropped_files_wait_for_the_retention() {
+        let mut f = Feed::new();
+        f.collection(0, created(CollectionStatus::Ready));
+        f.collection(
+            1_000,
+            CollectionEvent::SegmentFlushed {
+                segment: segment(5, &["data/1/a", "data/1/b"]),
+            },
+        );
+        assert!(
+            f.planned(10_000_000, 0).is_empty(),
+            "live files are never planned"
+        );
+        f.collection(5_000, CollectionEvent::SegmentDropped { segment_id: 5 });
+        assert!(f.planned(5_000 + 59_000, 60_000).is_empty());
+        assert_eq!(
+            f.planned(5_000 + 60_000, 60_000),
+            vec!["data/1/a", "data/1/b"]
+        );
+        assert!(
+            f.index.is_known("data/1/a"),
+            "dropped but not reclaimed is known"
+        );
+        assert!(!f.index.is_protected("data/1/a"));
+    }
+
+    #[test]
+    fn a_pin_holds_files_until_released_even_after_compaction() {
+        let mut f = Feed::new();
+        f.collection(0, created(CollectionStatus::Ready));
+        f.collection(
+            0,
+            CollectionEvent::SegmentFlushed {
+                segment: segment(5, &["data/1/a"]),
+            },
+        );
+        f.collection(
+            0,
+            CollectionEvent::SnapshotPinned {
+                snapshot_id: 9,
+                name: "s".into(),
+                description: String::new(),
+                labels: Default::default(),
+                pinned_ms: 0,
+            },
+        );
+        f.collection(
+            0,
+            CollectionEvent::SegmentsCompacted {
+                compacted: vec![5],
+                into: segment(6, &["data/1/merged"]),
+            },
+        );
+        assert!(f.planned(u64::MAX / 2, 0).is_empty(), "pinned file planned");
+        assert!(f.index.is_protected("data/1/a"));
+        assert!(
+            f.index.is_protected("snapshots/1/9/manifest-0.avro"),
+            "a pending pin protects its prefix"
+        );
+        f.collection(0, CollectionEvent::SnapshotUnpinned { snapshot_id: 9 });
+        assert_eq!(f.planned(u64::MAX / 2, 0), vec!["data/1/a"]);
+    }
+
+    #[test]
+    fn a_key_carried_into_the_compacted_segment_stays_live() {
+        let mut f = Feed::new();
+        f.collection(0, created(CollectionStatus::Ready));
+        f.collection(
+            0,
+            CollectionEvent::SegmentFlushed {
+                segment: segment(5, &["data/1/shared", "data/1/old"]),
+            },
+        );
+        f.collection(
+            0,
+            CollectionEvent::SegmentsCompacted {
+                compacted: vec![5],
+                into: segment(6, &["data/1/shared"]),
+            },
+        );
+        assert_eq!(f.planned(u64::MAX / 2, 0), vec!["data/1/old"]);
+    }
+
+    #[test]
+    fn a_restoring_collection_protects_its_whole_prefix_and_a_failed_one_is_listed() {
+        let mut f = Feed::new();
+        f.collection(0, created(CollectionStatus::Restoring));
+        assert!(f.index.is_protected("data/1/anything/copied"));
+        assert!(!f.index.is_protected("data/2/x"));
+        f.collection(0, CollectionEvent::Dropped);
+        assert!(!f.index.is_protected("data/1/anything/copied"));
+        assert_eq!(
+            f.index.failed_restore_prefixes(),
+            vec!["data/1/".to_string()]
+        );
+    }
+
+    #[test]
+    fn keys_of_an_unfinished_cycle_are_deleted_again_until_it_finishes() {
+        let mut f = Feed::new();
+        f.collection(0, created(CollectionStatus::Ready));
+        f.collection(
+            0,
+            CollectionEvent::SegmentFlushed {
+                segment: segment(5, &["data/1/a"]),
+            },
+        );
+        f.collection(0, CollectionEvent::SegmentDropped { segment_id: 5 });
+        f.push("gc", 0, GcEvent::CycleStarted { cycle: 1, head: 3 });
+        f.push(
+            "gc",
+            0,
+            GcEvent::Reclaiming {
+                cycle: 1,
+                category: GcCategory::DroppedFiles,
+                keys: vec!["data/1/a".into()],
+                bytes: 10,
+                reason: "test".into(),
+            },
+        );
+        assert!(
+            f.planned(u64::MAX / 2, 0).is_empty(),
+            "reclaimed keys are not planned twice"
+        );
+        assert!(!f.index.is_known("data/1/a"));
+        assert_eq!(
+            f.index.reclaimed_keys().collect::<Vec<_>>(),
+            vec!["data/1/a"]
+        );
+        assert_eq!(f.index.last_cycle(), 1);
+        f.push(
+            "gc",
+            0,
+            GcEvent::CycleFinished {
+                cycle: 1,
+                reclaimed: BTreeMap::new(),
+            },
+        );
+        assert_eq!(f.index.reclaimed_keys().count(), 0);
+    }
+
+    #[test]
+    fn replaying_twice_is_idempotent_by_position() {
+        let mut f = Feed::new();
+        f.collection(0, created(CollectionStatus::Ready));
+        f.collection(
+            0,
+            CollectionEvent::SegmentFlushed {
+                segment: segment(5, &["data/1/a"]),
+            },
+        );
+        let applied = f.index.applied();
+        // Re-applying an old position changes nothing.
+        let env = Envelope {
+            stream: "collection-1".into(),
+            version: 2,
+            position: applied,
+            event_type: "SegmentDropped".into(),
+            schema_version: 1,
+            time_ms: 0,
+            correlation_id: 0,
+            causation_id: 0,
+            payload: encode(&CollectionEvent::SegmentDropped { segment_id: 5 })
+                .unwrap()
+                .payload,
+            crc32c: 0,
+        };
+        f.index.apply(&env).unwrap();
+        assert!(f.index.is_protected("data/1/a"));
+    }
+}
