@@ -178,7 +178,19 @@ impl<A: Aggregate> Actor for EntityActor<A> {
                 // The caller may have given up waiting; that is not the entity's failure.
                 let _ = reply.send(out);
             }
-            EntityMsg::Inspect(f) => f(s.version, &s.state),
+            EntityMsg::Inspect(f) => {
+                // After an ambiguous append the log may hold events this actor has not
+                // applied: catch up before answering, or a reader (the snapshot worker, a
+                // describe) sees state that the log has already moved past. If the log cannot
+                // be read now, refuse the read: dropping `f` tells the caller to try again.
+                if s.stale
+                    && let Err(e) = s.catch_up().await
+                {
+                    tracing::debug!(stream = %s.stream, error = %e, "cannot catch up for a read; refusing it");
+                    return Ok(());
+                }
+                f(s.version, &s.state)
+            }
         }
         Ok(())
     }

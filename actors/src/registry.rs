@@ -108,13 +108,12 @@ impl Shared {
             let over = live.len().saturating_sub(self.config.max_live_entities);
             for (i, (last_used, stream)) in live.into_iter().enumerate() {
                 let idle = now.saturating_sub(last_used) >= self.config.idle_after_ms;
-                if i < over || idle {
-                    if let Some(e) = t.by_stream.remove(&stream)
-                        && let Some(cell) = e.cell.get()
-                    {
-                        t.by_actor.remove(&cell.get_id());
-                        victims.push(cell.clone());
-                    }
+                if (i < over || idle)
+                    && let Some(e) = t.by_stream.remove(&stream)
+                    && let Some(cell) = e.cell.get()
+                {
+                    t.by_actor.remove(&cell.get_id());
+                    victims.push(cell.clone());
                 }
             }
         }

@@ -24,3 +24,4 @@ pub use envelope::{Envelope, NewEvent};
 pub use error::{Error, ErrorCode, LogError};
 pub use log::{Appended, EventLog, ExpectedVersion, Subscription};
 pub use memory::MemoryLog;
+pub use sled_log::SledLog;

@@ -1,8 +1,10 @@
 //! `demo`: the README's main job, end to end on the data directory, as the host database and
-//! an operator would do it. Today: create a collection, ingest segments of real files, compact
-//! them, verify every live file against the object store, and describe the result. Later issues
-//! add snapshot, restore and GC as further steps: each step is one function below, called in
-//! order from [`run`], and records what it did in [`DemoReport`].
+//! an operator would do it: create a collection, ingest segments of real files, compact them,
+//! verify every live file against the object store, snapshot the collection (`nightly`), let
+//! the host move on (ingest more, compact again, so the snapshot's segments are no longer
+//! live), then describe the snapshot and verify it — its files are all still there with the
+//! recorded crc32c. Later issues add restore and GC as further steps: each step is one function
+//! below, called in order from [`run`], and records what it did in [`DemoReport`].
 
 use super::Ctx;
 use super::compact::{self, CompactReport};
@@ -10,8 +12,10 @@ use super::ingest::{self, IngestPlan, IngestReport};
 use super::output::{bytes, plural};
 use serde::Serialize;
 use snapvault::client::CreateCollectionRequest;
+use snapvault::snapshots::{CreateSnapshotRequest, SnapshotView};
 use snapvault::views::{CollectionView, Totals};
 use snapvault::{Client, Error, host};
+use snapvault_actors::snapshot::manifest;
 use snapvault_events::domain::collection::DEFAULT_PARTITION;
 
 /// The demo's workload: 20 segments × 4 files × 64 KiB over 2 shards (5 MiB).
@@ -19,6 +23,10 @@ const SHARDS: u32 = 2;
 const SEGMENTS: u64 = 20;
 const FILES_PER_SEGMENT: usize = 4;
 const FILE_BYTES: u64 = 64 * 1024;
+/// The snapshot the demo takes after the first compaction.
+const SNAPSHOT: &str = "nightly";
+/// Segments the host writes after the snapshot, before it compacts again.
+const SEGMENTS_AFTER_SNAPSHOT: u64 = 4;
 
 /// What the demo did, step by step (the `--json` output).
 #[derive(Debug, Serialize)]
@@ -28,7 +36,33 @@ pub struct DemoReport {
     pub ingest: IngestReport,
     pub compact: CompactReport,
     pub verified: Verified,
+    pub snapshot: DemoSnapshot,
+    /// What the host did after the snapshot: the live collection no longer matches it.
+    pub after_snapshot: AfterSnapshot,
     pub totals: Totals,
+}
+
+/// The snapshot as `describe` and `verify` saw it, after the collection moved on.
+#[derive(Debug, Serialize)]
+pub struct DemoSnapshot {
+    pub name: String,
+    pub id: u64,
+    pub location: String,
+    pub manifests: u32,
+    pub segments: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub rows: u64,
+    /// Segment ids the snapshot holds; none of them is live any more.
+    pub segment_ids: Vec<u64>,
+    pub verified_files: u64,
+    pub verified_ok: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AfterSnapshot {
+    pub ingest: IngestReport,
+    pub compact: CompactReport,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -81,26 +115,93 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
         bytes(verified.bytes)
     ));
 
+    let taken = snapshot(client, &name).await?;
+    steps.done(&format!(
+        "created snapshot '{SNAPSHOT}' (id {}): {}, {}, {}",
+        taken.id,
+        plural(taken.totals.segments, "segment"),
+        plural(taken.totals.files, "file"),
+        bytes(taken.totals.bytes)
+    ));
+
+    let after = move_on(client, &name).await?;
+    steps.done(&format!(
+        "the host moved on: {}, then compacted into {}; the snapshot's segments are no longer live",
+        ingest::summary(&after.ingest),
+        plural(after.compact.compactions.len() as u64, "segment")
+    ));
+
+    let described = client.describe_snapshot(&name, SNAPSHOT).await?;
+    let view = client.describe_collection(&name).await?;
+    let held = snapshot_segments(client, &described).await?;
+    let still_live = held
+        .iter()
+        .filter(|id| view.segments.iter().any(|s| s.id == **id))
+        .count();
+    steps.done(&format!(
+        "described snapshot '{SNAPSHOT}': {}, {}, {}, {} rows in {} under {} ({} of its segments live now)",
+        plural(described.totals.segments, "segment"),
+        plural(described.totals.files, "file"),
+        bytes(described.totals.bytes),
+        described.totals.rows,
+        plural(u64::from(described.manifests), "manifest"),
+        described.location,
+        still_live
+    ));
+
+    let checked = client.verify_snapshot(&name, SNAPSHOT).await?;
+    if let Some(e) = super::snapshot::verify_failure(&name, SNAPSHOT, &checked) {
+        return Err(e);
+    }
+    steps.done(&format!(
+        "verified snapshot '{SNAPSHOT}': all {} present, sizes and crc32c match",
+        plural(checked.checked_files, "file")
+    ));
+
+    let snapshot = DemoSnapshot {
+        name: described.name.clone(),
+        id: described.id,
+        location: described.location.clone(),
+        manifests: described.manifests,
+        segments: described.totals.segments,
+        files: described.totals.files,
+        bytes: described.totals.bytes,
+        rows: described.totals.rows,
+        segment_ids: held,
+        verified_files: checked.checked_files,
+        verified_ok: checked.ok,
+    };
     let report = DemoReport {
         collection: name.clone(),
         collection_id: view.id,
         ingest: ingested,
         compact: compacted,
         verified,
+        snapshot,
+        after_snapshot: after,
         totals: view.totals,
     };
     ctx.out.emit(&report, || {
+        let s = &report.snapshot;
         format!(
             "\ncollection '{name}' now: {}, {}, {}, {} rows\n\
+             snapshot '{SNAPSHOT}' (id {}): {}, {}, {}, {} rows, verified ok\n\
              data directory: {}\n\
-             see it with: {} --data {} collection describe {name}",
+             see them with:\n  \
+             {prog} --data {data} collection describe {name}\n  \
+             {prog} --data {data} snapshot describe {name} {SNAPSHOT}",
             plural(view.totals.segments as u64, "live segment"),
             plural(view.totals.files, "file"),
             bytes(view.totals.bytes),
             view.totals.rows,
+            s.id,
+            plural(s.segments, "segment"),
+            plural(s.files, "file"),
+            bytes(s.bytes),
+            s.rows,
             ctx.data.display(),
-            program(),
-            ctx.data.display(),
+            prog = program(),
+            data = ctx.data.display(),
         )
     })
 }
@@ -165,4 +266,46 @@ async fn verify(client: &Client, view: &CollectionView) -> Result<Verified, Erro
         verified.bytes += f.size;
     }
     Ok(verified)
+}
+
+/// Snapshot the collection as it is after the first compaction.
+async fn snapshot(client: &Client, name: &str) -> Result<SnapshotView, Error> {
+    client
+        .create_snapshot(CreateSnapshotRequest {
+            collection: name.to_string(),
+            name: SNAPSHOT.to_string(),
+            description: "taken by the demo after the first compaction".to_string(),
+            labels: [("kind".to_string(), "demo".to_string())].into(),
+        })
+        .await
+}
+
+/// The host keeps working after the snapshot: it writes more segments and compacts each shard
+/// again, which drops the segments the snapshot holds from the live collection. The snapshot
+/// must not change, and its files must stay.
+async fn move_on(client: &Client, name: &str) -> Result<AfterSnapshot, Error> {
+    let plan = IngestPlan {
+        segments: SEGMENTS_AFTER_SNAPSHOT,
+        files: FILES_PER_SEGMENT,
+        size: FILE_BYTES,
+        partition: DEFAULT_PARTITION.to_string(),
+        shard: None,
+    };
+    let ingest = ingest::ingest(client, name, &plan).await?;
+    let compact = compact::compact(client, name, None).await?;
+    Ok(AfterSnapshot { ingest, compact })
+}
+
+/// The segment ids a committed snapshot lists, read from its manifests.
+async fn snapshot_segments(client: &Client, s: &SnapshotView) -> Result<Vec<u64>, Error> {
+    let mut ids = Vec::new();
+    for n in 0..s.manifests {
+        let key = manifest::manifest_key(s.collection_id, s.id, n);
+        let bytes = host::read_file(client.store().as_ref(), &key).await?;
+        for seg in manifest::decode_manifest(&bytes)? {
+            ids.push(seg.segment_id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }

@@ -9,16 +9,19 @@
 pub mod collection;
 pub mod compact;
 pub mod demo;
+pub mod gc;
 pub mod index;
 pub mod ingest;
 pub mod output;
 pub mod serve;
+pub mod snapshot;
 
 use clap::{Args, Parser, Subcommand};
 use output::Output;
-use snapvault::{Client, Error, Node, NodeConfig};
+use snapvault::{Client, Error, ErrorCode, Node, NodeConfig};
 use snapvault_events::validate::validate_name;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// snapvault: snapshots, restore and garbage collection for databases that keep immutable
 /// files in object storage.
@@ -58,14 +61,38 @@ pub enum Command {
     /// Drop segments.
     #[command(subcommand)]
     Segment(SegmentCmd),
+    /// Create, list, describe, verify, drop and import snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Act as the host database: write segments of real files and flush them.
     Ingest(IngestArgs),
     /// Act as the host database: merge segments' files and record the compaction.
     Compact(CompactArgs),
+    /// Garbage collection: reclaim dropped files, dropped snapshots, failed restores, orphans.
+    #[command(subcommand)]
+    Gc(GcCmd),
     /// Run the node in the foreground until SIGTERM or Ctrl-C.
     Serve,
     /// The main job end to end on the data directory: create, ingest, compact, describe.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GcCmd {
+    /// Run one GC cycle now (waits for the ref index to load first).
+    Run {
+        /// List what would be reclaimed (with keys), delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep files of dropped segments this long (this run only), e.g. 0s, 24h.
+        #[arg(long, value_name = "DURATION")]
+        dropped_retention: Option<String>,
+        /// Delete unknown objects only when older than this (this run only), e.g. 0s, 1h.
+        #[arg(long, value_name = "DURATION")]
+        orphan_window: Option<String>,
+    },
+    /// Whether the ref index is loaded, the last cycle, totals, the next run.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +161,61 @@ pub enum SegmentCmd {
     Drop { collection: String, id: String },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Snapshot a collection: pin its live segments, write and verify the manifests, commit.
+    /// Returns once the snapshot is committed.
+    Create(SnapshotCreateArgs),
+    /// Snapshots, newest first (Deleting and Deleted ones only with --state).
+    List(SnapshotListArgs),
+    /// Everything about one snapshot: state, times, totals, location, partitions, indexes.
+    Describe { collection: String, name: String },
+    /// Drop a snapshot: its manifests are deleted and its files no longer protected.
+    Drop { collection: String, name: String },
+    /// Check every object the snapshot references: present, right size and crc32c. Exits 1
+    /// when anything is missing or corrupt.
+    Verify { collection: String, name: String },
+    /// Register a snapshot found under a prefix of the object store (its snapshot.json and
+    /// manifests, e.g. copied from another cluster).
+    Import {
+        /// The object-store prefix holding snapshot.json, e.g. `imports/nightly`.
+        #[arg(long, value_name = "PREFIX")]
+        from: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCreateArgs {
+    pub collection: String,
+    pub name: String,
+    /// Free text kept with the snapshot.
+    #[arg(long, value_name = "D", default_value = "")]
+    pub description: String,
+    /// A label `key=value` (repeatable).
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotListArgs {
+    /// Only snapshots of this collection.
+    #[arg(long, value_name = "C")]
+    pub collection: Option<String>,
+    /// Only snapshots in this state: pending, committed, failed, deleting or deleted.
+    #[arg(long, value_name = "S")]
+    pub state: Option<String>,
+    /// Only snapshots carrying this label `key=value`.
+    #[arg(long, value_name = "K=V")]
+    pub label: Option<String>,
+    /// Page size.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=snapvault::snapshots::MAX_LIST_PAGE as u64))]
+    pub limit: u64,
+    /// Continue after this token (printed at the end of the previous page).
+    #[arg(long, value_name = "T")]
+    pub page_token: Option<u64>,
+}
+
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     pub collection: String,
@@ -168,6 +250,10 @@ pub struct Ctx {
     pub client: Client,
     pub out: Output,
     pub data: PathBuf,
+    /// Set by a command that printed its full result and still fails (`snapshot verify` that
+    /// found damage): with `--json` its error then goes to stderr only, so stdout stays the
+    /// one JSON document the script reads (the report), not the report plus an error object.
+    pub result_printed: AtomicBool,
 }
 
 /// Parse the command line. Help and version are printed and end the process here (exit 0);
@@ -222,18 +308,40 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async move {
-        let node = Node::start(NodeConfig::embedded(&cli.data)).await?;
+    let json = cli.json;
+    let (result, result_printed) = runtime.block_on(async move {
+        let node = match Node::start(NodeConfig::embedded(&cli.data)).await {
+            Ok(node) => node,
+            Err(e) => return (Err(e), false),
+        };
         let ctx = Ctx {
             client: node.client(),
             out: Output::new(cli.json),
             data: cli.data.clone(),
+            result_printed: AtomicBool::new(false),
         };
         let result = dispatch(&ctx, cli.command).await;
         // Shut down whatever happened: entities finish what they were doing, the log closes.
         node.shutdown().await;
-        result
-    })
+        (result, ctx.result_printed.load(Ordering::Relaxed))
+    });
+    drop(runtime);
+    match result {
+        Err(e) if json && result_printed => {
+            // The report on stdout is the JSON document; the error is the one stderr line.
+            // Same exit codes as `main` (today only a damaged snapshot: `internal`, exit 1).
+            output::report_error(&e, false);
+            let refused = matches!(
+                e.code,
+                ErrorCode::InvalidArgument
+                    | ErrorCode::NotFound
+                    | ErrorCode::AlreadyExists
+                    | ErrorCode::FailedPrecondition
+            );
+            std::process::exit(if refused { 2 } else { 1 })
+        }
+        result => result,
+    }
 }
 
 async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
@@ -247,8 +355,23 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Partition(p) => index::partition(ctx, p).await,
         Command::Index(i) => index::index(ctx, i).await,
         Command::Segment(s) => index::segment(ctx, s).await,
+        Command::Snapshot(s) => snapshot::run(ctx, s).await,
         Command::Ingest(args) => ingest::run(ctx, args).await,
         Command::Compact(args) => compact::run(ctx, args).await,
+        Command::Gc(GcCmd::Run {
+            dry_run,
+            dropped_retention,
+            orphan_window,
+        }) => {
+            gc::run(
+                ctx,
+                dry_run,
+                dropped_retention.as_deref(),
+                orphan_window.as_deref(),
+            )
+            .await
+        }
+        Command::Gc(GcCmd::Status) => gc::status(ctx).await,
         Command::Serve => serve::run(ctx).await,
         Command::Demo => demo::run(ctx).await,
     }
@@ -315,6 +438,7 @@ fn check_args(command: &Command) -> Result<(), Error> {
             collection(c)?;
             parse_segment_id(id).map(|_| ())
         }
+        Command::Snapshot(s) => snapshot::check_args(s),
         Command::Ingest(a) => {
             collection(&a.collection)?;
             partition(&a.partition)?;
@@ -327,6 +451,17 @@ fn check_args(command: &Command) -> Result<(), Error> {
                 None => Ok(()),
             }
         }
+        Command::Gc(GcCmd::Run {
+            dropped_retention,
+            orphan_window,
+            ..
+        }) => {
+            for d in [dropped_retention, orphan_window].into_iter().flatten() {
+                gc::parse_duration_ms(d)?;
+            }
+            Ok(())
+        }
+        Command::Gc(GcCmd::Status) => Ok(()),
         Command::Serve | Command::Demo => Ok(()),
     }
 }

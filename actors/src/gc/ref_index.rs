@@ -19,6 +19,7 @@
 use crate::aggregate::Aggregate;
 use crate::snapshot::decider::{Snapshot, SnapshotState};
 use hashbrown::HashTable;
+use serde::{Deserialize, Serialize};
 use snapvault_events::codec::decode;
 use snapvault_events::domain::collection::{CollectionEvent, CollectionStatus, SegmentRecord};
 use snapvault_events::domain::gc::{GcCategory, GcEvent};
@@ -31,7 +32,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 type FileNo = u32;
 
 /// One distinct object key. 24 bytes: the key text lives in one shared arena.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct FileEntry {
     size: u64,
     /// Where the key starts in the arena; it ends where the next file's key starts.
@@ -53,7 +54,7 @@ impl FileEntry {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct SegmentFiles {
     data: Box<[FileNo]>,
     indexes: Vec<(IndexId, Vec<FileNo>)>,
@@ -68,7 +69,7 @@ impl SegmentFiles {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct CollectionRefs {
     status: Option<CollectionStatus>,
     /// Was Restoring when it was dropped: a failed or cancelled restore.
@@ -78,7 +79,7 @@ struct CollectionRefs {
     partition_of: BTreeMap<SegmentId, u64>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct SnapshotRefs {
     state: SnapshotState,
     /// Files pinned, held while `holding`.
@@ -548,6 +549,119 @@ impl RefIndex {
             .filter(|s| s.state.imported && s.state.status == Some(SnapshotStatus::Committed))
             .map(|s| s.state.clone())
             .collect()
+    }
+}
+
+/// Version of the checkpoint encoding; a checkpoint of another version is ignored (replay).
+const CHECKPOINT_FORMAT: u32 = 1;
+
+/// Everything of the index but the hash table (rebuilt on load from the arena).
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    format: u32,
+    applied: u64,
+    /// Stream and version of the event at `applied`: a checkpoint of another log is refused.
+    applied_stream: String,
+    applied_version: u64,
+    arena: String,
+    files: Vec<FileEntry>,
+    collections: BTreeMap<CollectionId, CollectionRefs>,
+    snapshots: BTreeMap<SnapshotId, SnapshotRefs>,
+    last_cycle: u64,
+    unfinished: BTreeMap<u64, Vec<String>>,
+}
+
+impl RefIndex {
+    /// Encode the index as of `applied`: `crc32c || rmp body`. `at` names the event at
+    /// `applied` (stream, version) so a load can check the checkpoint belongs to this log.
+    pub fn to_checkpoint(&self, at: (&str, u64)) -> Result<Vec<u8>, LogError> {
+        let c = Checkpoint {
+            format: CHECKPOINT_FORMAT,
+            applied: self.applied,
+            applied_stream: at.0.to_string(),
+            applied_version: at.1,
+            arena: self.arena.clone(),
+            files: self.files.clone(),
+            collections: self.collections.clone(),
+            snapshots: self.snapshots.clone(),
+            last_cycle: self.last_cycle,
+            unfinished: self.unfinished.clone(),
+        };
+        let mut out = vec![0u8; 4];
+        rmp_serde::encode::write(&mut out, &c)
+            .map_err(|e| LogError::Invalid(format!("cannot encode the GC checkpoint: {e}")))?;
+        let crc = crc32c::crc32c(&out[4..]);
+        out[..4].copy_from_slice(&crc.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Decode a checkpoint. Returns the index and the (stream, version) of its last event.
+    pub fn from_checkpoint(bytes: &[u8]) -> Result<(RefIndex, String, u64), String> {
+        if bytes.len() < 4 {
+            return Err("checkpoint is truncated".into());
+        }
+        let stored = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        if crc32c::crc32c(&bytes[4..]) != stored {
+            return Err("checkpoint checksum mismatch".into());
+        }
+        let c: Checkpoint = rmp_serde::from_slice(&bytes[4..])
+            .map_err(|e| format!("undecodable checkpoint: {e}"))?;
+        if c.format != CHECKPOINT_FORMAT {
+            return Err(format!(
+                "checkpoint format {} is not {CHECKPOINT_FORMAT}",
+                c.format
+            ));
+        }
+        // The checksum guards against damage; these guard against a bug writing nonsense, so
+        // that a bad checkpoint is refused (and the log replayed) instead of panicking later.
+        let mut prev = 0usize;
+        for f in &c.files {
+            let start = f.key_start as usize;
+            if start < prev || start > c.arena.len() || !c.arena.is_char_boundary(start) {
+                return Err("checkpoint key offsets are out of order".into());
+            }
+            prev = start;
+        }
+        let n_files = c.files.len();
+        let in_range = |n: &FileNo| (*n as usize) < n_files;
+        let refs_ok = c.collections.values().all(|col| {
+            col.segments.values().all(|seg| {
+                seg.data.iter().all(in_range)
+                    && seg.indexes.iter().all(|(_, f)| f.iter().all(in_range))
+            })
+        }) && c.snapshots.values().all(|s| s.files.iter().all(in_range));
+        if !refs_ok {
+            return Err("checkpoint refers to files it does not hold".into());
+        }
+        let mut ix = RefIndex {
+            applied: c.applied,
+            arena: c.arena,
+            table: HashTable::new(),
+            files: c.files,
+            collections: c.collections,
+            snapshots: c.snapshots,
+            last_cycle: c.last_cycle,
+            unfinished: c.unfinished,
+        };
+        let mut table = HashTable::with_capacity(ix.files.len());
+        for n in 0..ix.files.len() as FileNo {
+            let key = ix.key(n);
+            if key.is_empty() && !ix.files.is_empty() {
+                return Err(format!("checkpoint file {n} has an empty key"));
+            }
+            let hash = Self::hash(key);
+            let files = &ix.files;
+            let arena = &ix.arena;
+            table.insert_unique(hash, n, |m| {
+                let start = files[*m as usize].key_start as usize;
+                let end = files
+                    .get(*m as usize + 1)
+                    .map_or(arena.len(), |f| f.key_start as usize);
+                Self::hash(&arena[start..end])
+            });
+        }
+        ix.table = table;
+        Ok((ix, c.applied_stream, c.applied_version))
     }
 }
 

@@ -8,10 +8,12 @@
 
 use crate::gc::ref_index::RefIndex;
 use crate::gc::sweeper::{GcReport, GcRunOptions, SweepContext, SweepState};
+use crate::snapshot::worker::{get_object, put_object};
+use object_store::ObjectStore;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::{Deserialize, Serialize};
 use snapvault_events::domain::gc::{Amount, GcCategory};
-use snapvault_events::{Error, EventLog};
+use snapvault_events::{Error, ErrorCode, EventLog, LogError};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,12 @@ use tokio::sync::{oneshot, watch};
 
 /// Events applied per read of the log.
 const INDEX_PAGE_EVENTS: usize = 4096;
+/// A checkpoint is written after this many events applied since the last one.
+const CHECKPOINT_EVERY_EVENTS: u64 = 100_000;
+/// Where the checkpoint lives: outside every prefix GC sweeps.
+pub const CHECKPOINT_KEY: &str = "gc/ref-index.checkpoint";
+/// Pause before reading the log again after a transient error.
+const READ_RETRY_MS: u64 = 200;
 const FIRST_RESTART_BACKOFF_MS: u64 = 100;
 const MAX_RESTART_BACKOFF_MS: u64 = 10_000;
 
@@ -78,7 +86,10 @@ enum IndexMsg {
 
 struct IndexState {
     log: Arc<dyn EventLog>,
+    store: Arc<dyn ObjectStore>,
     shared: Arc<Shared>,
+    /// Position of the last checkpoint written or loaded.
+    checkpointed: u64,
     waiting: bool,
     /// Replaying full pages (not yet tailing).
     replaying: bool,
@@ -88,22 +99,27 @@ struct IndexState {
 impl Actor for RefIndexActor {
     type Msg = IndexMsg;
     type State = IndexState;
-    type Arguments = (Arc<dyn EventLog>, Arc<Shared>);
+    type Arguments = (Arc<dyn EventLog>, Arc<dyn ObjectStore>, Arc<Shared>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<IndexMsg>,
-        (log, shared): Self::Arguments,
+        (log, store, shared): Self::Arguments,
     ) -> Result<IndexState, ActorProcessingErr> {
-        // Start from nothing: a previous incarnation may have failed half-way through an event.
-        *shared.index.lock().unwrap_or_else(|p| p.into_inner()) = RefIndex::default();
-        shared.applied_tx.send_replace(0);
+        // Start from the checkpoint if there is a good one for this log, else from nothing
+        // (never from what a failed incarnation left in memory: it may be half an event).
+        let start = load_checkpoint(&*log, &*store).await;
+        let from = start.applied();
+        *shared.index.lock().unwrap_or_else(|p| p.into_inner()) = start;
+        shared.applied_tx.send_replace(from);
         let head = log.head().await?;
         shared.target_head.store(head, Ordering::SeqCst);
         myself.send_message(IndexMsg::Pump)?;
         Ok(IndexState {
             log,
+            store,
             shared,
+            checkpointed: from,
             waiting: false,
             replaying: false,
         })
@@ -117,16 +133,38 @@ impl Actor for RefIndexActor {
     ) -> Result<(), ActorProcessingErr> {
         s.waiting = false;
         let from = s.shared.applied() + 1;
-        let page = s.log.read_all(from, INDEX_PAGE_EVENTS).await?;
+        let page = match s.log.read_all(from, INDEX_PAGE_EVENTS).await {
+            Ok(page) => page,
+            Err(LogError::Unavailable(reason)) => {
+                // Transient: read again later rather than rebuild the index from scratch.
+                tracing::info!(%reason, "GC ref index: log unavailable; retrying");
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(READ_RETRY_MS)).await;
+                    let _ = me.send_message(IndexMsg::Pump);
+                });
+                s.waiting = true;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let n = page.len();
-        if let Some(last) = page.last().map(|e| e.position) {
-            {
+        if let Some(last) = page.last() {
+            let checkpoint = {
                 let mut ix = s.shared.index.lock().unwrap_or_else(|p| p.into_inner());
                 for env in &page {
                     ix.apply(env)?;
                 }
+                (last.position - s.checkpointed >= CHECKPOINT_EVERY_EVENTS)
+                    .then(|| ix.to_checkpoint((&last.stream, last.version)))
+            };
+            s.shared.applied_tx.send_replace(last.position);
+            if let Some(bytes) = checkpoint {
+                match put_object(&*s.store, CHECKPOINT_KEY, bytes::Bytes::from(bytes?)).await {
+                    Ok(()) => s.checkpointed = last.position,
+                    Err(e) => tracing::warn!(error = %e, "GC ref index: checkpoint not written"),
+                }
             }
-            s.shared.applied_tx.send_replace(last);
         }
         if n == INDEX_PAGE_EVENTS {
             myself.send_message(IndexMsg::Pump)?;
@@ -158,6 +196,44 @@ impl Actor for RefIndexActor {
             });
         }
         Ok(())
+    }
+}
+
+/// The checkpoint, if there is one, it is sound, and it belongs to this log.
+async fn load_checkpoint(log: &dyn EventLog, store: &dyn ObjectStore) -> RefIndex {
+    let bytes = match get_object(store, CHECKPOINT_KEY).await {
+        Ok(b) => b,
+        Err(e) => {
+            if e.code != ErrorCode::NotFound {
+                tracing::warn!(error = %e, "GC ref index: checkpoint unreadable; replaying the log");
+            }
+            return RefIndex::default();
+        }
+    };
+    let (index, stream, version) = match RefIndex::from_checkpoint(&bytes) {
+        Ok(x) => x,
+        Err(reason) => {
+            tracing::warn!(%reason, "GC ref index: checkpoint refused; replaying the log");
+            return RefIndex::default();
+        }
+    };
+    let at = index.applied();
+    match log.read_all(at, 1).await {
+        Ok(page)
+            if page.first().is_some_and(|e| {
+                e.position == at && e.stream == stream && e.version == version
+            }) =>
+        {
+            tracing::info!(position = at, "GC ref index: starting from checkpoint");
+            index
+        }
+        _ => {
+            tracing::warn!(
+                position = at,
+                "GC ref index: checkpoint does not match this log; replaying"
+            );
+            RefIndex::default()
+        }
     }
 }
 
@@ -311,7 +387,11 @@ impl SupState {
                 let (r, _) = Actor::spawn_linked(
                     None,
                     RefIndexActor,
-                    (self.log.clone(), self.shared.clone()),
+                    (
+                        self.log.clone(),
+                        self.ctx.store.clone(),
+                        self.shared.clone(),
+                    ),
                     myself.get_cell(),
                 )
                 .await?;
@@ -351,8 +431,15 @@ impl Actor for GcSupervisor {
             sweeper: None,
             backoff_ms: FIRST_RESTART_BACKOFF_MS,
         };
-        s.start(&myself, Child::Index).await?;
-        s.start(&myself, Child::Sweeper).await?;
+        // A child that cannot start now (a transient log error while the index reads the
+        // head) is retried with backoff like one that failed later: the node still starts,
+        // and GC reports "not loaded" until the index is up.
+        for child in [Child::Index, Child::Sweeper] {
+            if let Err(e) = s.start(&myself, child).await {
+                tracing::warn!(?child, error = %e, "GC child failed to start; retrying");
+                schedule_restart(&myself, child, &mut s);
+            }
+        }
         Ok(s)
     }
 
@@ -365,12 +452,12 @@ impl Actor for GcSupervisor {
         match msg {
             GcMsg::Run { options, reply } => match &s.sweeper {
                 Some(sweeper) => {
-                    if let Err(e) = sweeper.send_message(SweepMsg::Run { options, reply }) {
-                        if let ractor::MessagingErr::SendErr(SweepMsg::Run { reply, .. }) = e {
-                            let _ = reply.send(Err(Error::unavailable(
-                                "the GC sweeper is restarting; try again",
-                            )));
-                        }
+                    if let Err(ractor::MessagingErr::SendErr(SweepMsg::Run { reply, .. })) =
+                        sweeper.send_message(SweepMsg::Run { options, reply })
+                    {
+                        let _ = reply.send(Err(Error::unavailable(
+                            "the GC sweeper is restarting; try again",
+                        )));
                     }
                 }
                 None => {

@@ -210,9 +210,10 @@ impl SweepContext {
         let live_imports: BTreeSet<SnapshotId> = imported.iter().map(|s| s.snapshot_id()).collect();
         state.imported.retain(|id, _| live_imports.contains(id));
         for s in &imported {
-            if !state.imported.contains_key(&s.snapshot_id()) {
-                let keys = imported_keys(&*self.store, s).await?;
-                state.imported.insert(s.snapshot_id(), keys);
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                state.imported.entry(s.snapshot_id())
+            {
+                slot.insert(imported_keys(&*self.store, s).await?);
             }
         }
         let import_protected = |key: &str| state.imported.values().any(|k| k.contains(key));

@@ -5,7 +5,7 @@
 //! worker may ask twice), and every refusal names the state that refused it.
 
 use crate::aggregate::Aggregate;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use snapvault_events::Error;
 use snapvault_events::domain::snapshot::{
     SnapshotCommand, SnapshotEvent, SnapshotIdentity, SnapshotStatus, SnapshotTotals,
@@ -13,7 +13,7 @@ use snapvault_events::domain::snapshot::{
 use snapvault_events::domain::{JobId, SnapshotId};
 use std::collections::BTreeSet;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotState {
     pub identity: Option<SnapshotIdentity>,
     pub status: Option<SnapshotStatus>,

@@ -15,10 +15,14 @@ use snapvault_events::codec::decode;
 use snapvault_events::domain::collection::CollectionEvent;
 use snapvault_events::domain::snapshot::{SnapshotEvent, SnapshotStatus};
 use snapvault_events::domain::{CollectionId, SnapshotId};
-use snapvault_events::{Error, EventLog};
+use snapvault_events::{Error, EventLog, LogError};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+
+/// First and largest pause before the tail subscribes again after a transient read error.
+const TAIL_RETRY_INITIAL_MS: u64 = 10;
+const TAIL_RETRY_MAX_MS: u64 = 5_000;
 
 /// A pin seen in a collection stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,23 +74,45 @@ impl SnapshotIndex {
         let t = tables.clone();
         let l = log.clone();
         let task = tokio::spawn(async move {
-            let mut sub = l.subscribe(1);
-            while let Some(next) = sub.next().await {
-                let applied = match next {
-                    Ok(env) => {
-                        let mut tables = t.lock().unwrap_or_else(|p| p.into_inner());
-                        if let Err(e) = apply(&mut tables, &env) {
-                            tables.failure = Some(e.to_string());
+            // A transient read error (`Unavailable`) only interrupts the tail: subscribe again
+            // from the next position after a backoff. Only a record that cannot be applied
+            // (corrupt, or from a newer build) stops the index for good.
+            let mut next_position = 1;
+            let mut backoff_ms = TAIL_RETRY_INITIAL_MS;
+            loop {
+                let mut sub = l.clone().subscribe(next_position);
+                let mut interrupted = false;
+                while let Some(next) = sub.next().await {
+                    match next {
+                        Ok(env) => {
+                            let mut tables = t.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Err(e) = apply(&mut tables, &env) {
+                                tables.failure = Some(e.to_string());
+                                return;
+                            }
+                            drop(tables);
+                            next_position = env.position + 1;
+                            backoff_ms = TAIL_RETRY_INITIAL_MS;
+                            applied_tx.send_replace(env.position);
+                        }
+                        Err(LogError::Unavailable(e)) => {
+                            tracing::debug!(error = %e, backoff_ms, "snapshot index tail interrupted; retrying");
+                            interrupted = true;
+                            break;
+                        }
+                        Err(e) => {
+                            t.lock().unwrap_or_else(|p| p.into_inner()).failure =
+                                Some(e.to_string());
                             return;
                         }
-                        env.position
                     }
-                    Err(e) => {
-                        t.lock().unwrap_or_else(|p| p.into_inner()).failure = Some(e.to_string());
-                        return;
-                    }
-                };
-                applied_tx.send_replace(applied);
+                }
+                if !interrupted {
+                    // The log went away (its head channel closed): nothing more will come.
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(TAIL_RETRY_MAX_MS);
             }
         });
         SnapshotIndex {

@@ -476,7 +476,7 @@ impl SnapshotWorker {
                 .collect();
             let store = self.store.clone();
             let results: Vec<(String, Result<Option<String>, Error>)> =
-                futures::stream::iter(files.into_iter())
+                futures::stream::iter(files)
                     .map(|f| {
                         let store = store.clone();
                         async move {

@@ -1,0 +1,805 @@
+//! One seed, start to finish: setup, steps, liveness, check — and the trace hash.
+//!
+//! **Setup** draws the swarm (faults, workload mix, registry limits, id block size) from the
+//! seed and builds the parts that outlive the node: the virtual clock, the simulated log and
+//! the simulated store.
+//!
+//! **Steps** run on a tokio current_thread runtime with paused time whose own RNG is seeded
+//! from the seed too (so `select!` and the scheduler are reproducible). Each step plans a few
+//! operations, runs them as concurrent tasks, applies their outcomes to the model and checks
+//! every invariant. A **crash** drops the whole runtime — every actor and task dies wherever it
+//! was, mid-append or mid-upload — and the node restarts on a fresh runtime over the same log,
+//! store and clock, exactly as a process restart would. Occasionally the node is shut down
+//! gracefully instead.
+//!
+//! **Liveness** heals every fault and requires the system to settle: every entity catches up
+//! with the log, and fresh work succeeds. Then a strict final check runs.
+//!
+//! The **trace hash** folds in every log event, every operation outcome and the final store
+//! listing; the same seed must give the same hash, run after run.
+
+use crate::faults::{FaultConfig, FaultInjector, Site};
+use crate::invariants::{Checker, hash_store};
+use crate::model::{IdLedger, Model, Threat};
+use crate::prng::Prng;
+use crate::sim_clock::SimClock;
+use crate::sim_log::SimLog;
+use crate::sim_store::SimStore;
+use crate::trace::TraceHash;
+use crate::workload::{
+    Op, OpCtx, WorkloadMix, execute, judge, moving_names, outcome_word, plan_step,
+};
+use object_store::memory::InMemory;
+use snapvault::{Client, Node, NodeParts};
+use snapvault_actors::RegistryConfig;
+use snapvault_actors::catalog::{Catalog, CatalogCommand};
+use snapvault_actors::collection::Collection;
+use snapvault_actors::gc::{GcConfig, GcRunOptions};
+use snapvault_actors::snapshot::Snapshot;
+use snapvault_actors::snapshot::worker::SnapshotConfig;
+use snapvault_events::domain::catalog::CATALOG_STREAM;
+use snapvault_events::domain::collection::CollectionCommand;
+use snapvault_events::domain::collection_stream;
+use snapvault_events::domain::snapshot::{SnapshotCommand, SnapshotStatus, snapshot_stream};
+use snapvault_events::{ErrorCode, EventLog, MemoryLog};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+/// An operation that has not finished after this much virtual time is hung: a liveness bug.
+/// (Snapshot creates retry transient errors until their pending timeout, up to 10 minutes.)
+pub const OP_TIMEOUT: Duration = Duration::from_secs(3_600);
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub steps: u64,
+    /// Print every step's operations and outcomes to stderr (deterministic, so two runs can
+    /// be diffed).
+    pub verbose: bool,
+}
+
+/// Everything a seed draws about how it will be run.
+#[derive(Debug, Clone)]
+pub struct Swarm {
+    pub faults: FaultConfig,
+    pub mix: WorkloadMix,
+    pub registry: RegistryConfig,
+    pub id_block_size: u64,
+    pub snapshot: SnapshotConfig,
+    pub gc: GcConfig,
+}
+
+impl Swarm {
+    pub fn draw(rng: &mut Prng) -> Swarm {
+        let faults = FaultConfig::draw(&mut rng.fork());
+        let mix = WorkloadMix::draw(&mut rng.fork());
+        let registry = RegistryConfig {
+            idle_after_ms: *rng.pick(&[200, 2_000, 60_000]).unwrap_or(&60_000),
+            max_live_entities: *rng.pick(&[1, 3, 16, 10_000]).unwrap_or(&10_000),
+        };
+        let id_block_size = *rng.pick(&[1, 4, 64, 1_000]).unwrap_or(&64);
+        let snapshot = SnapshotConfig {
+            pending_timeout_ms: *rng.pick(&[5_000, 60_000, 600_000]).unwrap_or(&60_000),
+            retry_initial_ms: *rng.pick(&[10, 100]).unwrap_or(&100),
+            retry_max_ms: *rng.pick(&[1_000, 10_000]).unwrap_or(&10_000),
+            verify_parallelism: *rng.pick(&[1, 4, 16]).unwrap_or(&4),
+        };
+        // GC in the background on some seeds; on demand (the workload's GC op) always. The
+        // orphan window stays above the longest a host operation can take between writing a
+        // file and recording it (seconds of virtual time here): a shorter window is a
+        // misconfiguration, not a bug. Retention may be zero: that is where bugs hide.
+        let gc = GcConfig {
+            interval_ms: *rng.pick(&[0, 0, 5_000, 60_000]).unwrap_or(&0),
+            dropped_retention_ms: *rng.pick(&[0, 1_000, 60_000]).unwrap_or(&0),
+            orphan_safety_window_ms: *rng.pick(&[120_000, 600_000]).unwrap_or(&600_000),
+            max_objects_per_cycle: *rng.pick(&[3, 50, 100_000]).unwrap_or(&100_000),
+            ..GcConfig::default()
+        };
+        Swarm {
+            faults,
+            mix,
+            registry,
+            id_block_size,
+            snapshot,
+            gc,
+        }
+    }
+}
+
+/// What a passing seed reports.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub seed: u64,
+    pub steps: u64,
+    pub trace_hash: u64,
+    pub events: u64,
+    pub objects: usize,
+    pub crashes: u64,
+    pub graceful_restarts: u64,
+    pub virtual_ms: u64,
+    pub lagging_reads: u64,
+    /// Operation outcomes, by `kind:outcome`.
+    pub outcomes: BTreeMap<String, u64>,
+    pub injected: BTreeMap<Site, u64>,
+}
+
+impl RunReport {
+    /// One line, stable format: the sweep parses `result=` and `trace_hash=`.
+    pub fn summary_line(&self) -> String {
+        let ok: u64 = self
+            .outcomes
+            .iter()
+            .filter(|(k, _)| k.ends_with(":ok"))
+            .map(|(_, v)| *v)
+            .sum();
+        let all: u64 = self.outcomes.values().sum();
+        let faults: u64 = self.injected.values().sum();
+        format!(
+            "seed={} steps={} result=ok trace_hash={:#018x} events={} objects={} ops={} ops_ok={} faults={} crashes={} graceful={} lagging_reads={} virtual_s={}",
+            self.seed,
+            self.steps,
+            self.trace_hash,
+            self.events,
+            self.objects,
+            all,
+            ok,
+            faults,
+            self.crashes,
+            self.graceful_restarts,
+            self.lagging_reads,
+            self.virtual_ms / 1_000
+        )
+    }
+}
+
+/// A failing seed: where, what, and how to replay it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub seed: u64,
+    pub steps: u64,
+    pub step: u64,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run -p snapvault-sim --release -- --seed {} --steps {}",
+            self.seed, self.steps
+        )
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed={} steps={} result=FAIL at step {}: {}",
+            self.seed, self.steps, self.step, self.message
+        )
+    }
+}
+
+thread_local! {
+    /// Panics seen on this thread. The whole simulated node runs on the thread that runs the
+    /// seed (current_thread runtime), so a panic anywhere in it — including inside an actor,
+    /// where ractor catches it and reports a failed actor — lands here and fails the seed.
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+fn install_panic_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.borrow_mut().push(info.to_string()));
+            if std::env::var_os("SIM_SHOW_PANICS").is_some() {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn take_panics() -> Vec<String> {
+    PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()))
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+/// When (if at all) the node crashes around a step.
+enum CrashPlan {
+    None,
+    /// While the step's operations are in flight, after this much virtual time.
+    MidStep(Duration),
+    /// Once the step's operations are done; gracefully (shutdown) or not (drop).
+    AfterStep {
+        graceful: bool,
+    },
+}
+
+struct Sim {
+    cfg: RunConfig,
+    swarm: Swarm,
+    workload_rng: Prng,
+    node_rng: Prng,
+    runtime_rng: Prng,
+    clock: Arc<SimClock>,
+    faults: Arc<FaultInjector>,
+    log: Arc<SimLog>,
+    store: Arc<SimStore>,
+    model: Model,
+    checker: Checker,
+    ledger: IdLedger,
+    trace: TraceHash,
+    step: u64,
+    crashes: u64,
+    graceful: u64,
+    needs_recovery_check: bool,
+    outcomes: BTreeMap<String, u64>,
+}
+
+impl Sim {
+    fn setup(cfg: RunConfig) -> Sim {
+        let mut root = Prng::new(cfg.seed);
+        let swarm = Swarm::draw(&mut root.fork());
+        let workload_rng = root.fork();
+        let node_rng = root.fork();
+        let runtime_rng = root.fork();
+        let fault_rng = root.fork();
+        let clock = Arc::new(SimClock::new());
+        let faults = Arc::new(FaultInjector::new(swarm.faults.clone(), fault_rng));
+        let memory_log = MemoryLog::new(clock.clone());
+        let log_head = memory_log.watch_head();
+        let log = Arc::new(SimLog::new(memory_log, faults.clone()));
+        let store = Arc::new(SimStore::new(
+            Arc::new(InMemory::new()),
+            faults.clone(),
+            clock.clone(),
+            log_head,
+        ));
+        let verbose = cfg.verbose;
+        if verbose {
+            eprintln!("seed {}: {swarm:#?}", cfg.seed);
+        }
+        Sim {
+            cfg,
+            swarm,
+            workload_rng,
+            node_rng,
+            runtime_rng,
+            clock,
+            faults,
+            log,
+            store,
+            model: Model::default(),
+            checker: Checker::new(verbose),
+            ledger: IdLedger::default(),
+            trace: TraceHash::default(),
+            step: 0,
+            crashes: 0,
+            graceful: 0,
+            needs_recovery_check: false,
+            outcomes: BTreeMap::new(),
+        }
+    }
+
+    fn note(&mut self, line: String) {
+        self.trace.str(&line);
+        if self.cfg.verbose {
+            eprintln!("[{:>5} {:>9}ms] {line}", self.step, self.clock.elapsed_ms());
+        }
+    }
+
+    fn draw_crash(&mut self) -> CrashPlan {
+        let n = &self.swarm.faults.node;
+        if !self.node_rng.chance(n.crash_ppm) {
+            return CrashPlan::None;
+        }
+        if self.node_rng.chance(n.crash_mid_step_ppm) {
+            CrashPlan::MidStep(Duration::from_millis(self.node_rng.range(0, 50)))
+        } else {
+            let graceful = self.node_rng.chance(n.graceful_ppm);
+            CrashPlan::AfterStep { graceful }
+        }
+    }
+
+    /// Run one node incarnation until it crashes (`Ok(false)`) or the run is over (`Ok(true)`).
+    async fn incarnation(&mut self) -> Result<bool, String> {
+        self.clock.resume();
+        let parts = NodeParts {
+            log: self.log.clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+        };
+        let node = Node::start_with(
+            parts,
+            self.swarm.registry,
+            self.swarm.id_block_size,
+            self.swarm.snapshot,
+            self.swarm.gc.clone(),
+        )
+        .await
+        .map_err(|e| format!("the node failed to start: {e}"))?;
+        let client = node.client();
+        if self.needs_recovery_check {
+            self.note(format!("restarted (incarnation {})", self.crashes));
+            self.check(&client, false, false).await?;
+            self.needs_recovery_check = false;
+        }
+        while self.step < self.cfg.steps {
+            let crash = self.draw_crash();
+            let crashed_mid_step = self.run_step(&client, &crash).await?;
+            self.step += 1;
+            if !matches!(crash, CrashPlan::None) {
+                let graceful =
+                    !crashed_mid_step && matches!(crash, CrashPlan::AfterStep { graceful: true });
+                drop(client);
+                if graceful {
+                    // Idle here (every operation of the step has returned), so the order in
+                    // which the registry drains its actors cannot change what happens.
+                    node.shutdown().await;
+                    self.graceful += 1;
+                    self.note("graceful shutdown".to_string());
+                } else {
+                    drop(node);
+                    self.note("crash".to_string());
+                }
+                self.crashes += 1;
+                self.clock.freeze();
+                let down = self
+                    .node_rng
+                    .range(0, self.swarm.faults.node.downtime_max_ms);
+                self.clock.skip(down);
+                self.needs_recovery_check = true;
+                // Returning drops the runtime: whatever was still running dies mid-flight.
+                return Ok(false);
+            }
+            self.check(&client, false, false).await?;
+            let gap = self.workload_rng.range(0, self.swarm.mix.max_gap_ms);
+            if gap > 0 {
+                tokio::time::sleep(Duration::from_millis(gap)).await;
+            }
+        }
+        let mut node = node;
+        self.liveness(&client, &mut node).await?;
+        drop(client);
+        drop(node);
+        self.clock.freeze();
+        Ok(true)
+    }
+
+    /// Plan and run one step. Returns whether the node crashed while it ran.
+    async fn run_step(&mut self, client: &Client, crash: &CrashPlan) -> Result<bool, String> {
+        let ops = plan_step(&mut self.workload_rng, &self.model, &self.swarm.mix);
+        let threats: Vec<Threat> = ops.iter().filter_map(Op::threat).collect();
+        for t in &threats {
+            self.model.threaten(t);
+        }
+        let moving = moving_names(&ops);
+        let ctx = OpCtx {
+            client: client.clone(),
+            ledger: self.ledger.clone(),
+        };
+        let mut handles = Vec::with_capacity(ops.len());
+        for op in &ops {
+            let jitter = self.workload_rng.range(0, self.swarm.mix.max_jitter_ms);
+            let ctx = ctx.clone();
+            let op = op.clone();
+            handles.push(tokio::spawn(async move {
+                if jitter > 0 {
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                tokio::time::timeout(OP_TIMEOUT, execute(&ctx, &op)).await
+            }));
+        }
+        let joined = async move {
+            let mut out = Vec::with_capacity(handles.len());
+            for h in handles {
+                out.push(h.await);
+            }
+            out
+        };
+        let results = match crash {
+            CrashPlan::MidStep(after) => {
+                tokio::select! {
+                    biased;
+                    r = joined => Some(r),
+                    _ = tokio::time::sleep(*after) => None,
+                }
+            }
+            _ => Some(joined.await),
+        };
+        let Some(results) = results else {
+            for op in &ops {
+                self.note(format!("{} -> lost in crash", op.label()));
+            }
+            self.model.apply(&[], &threats);
+            return Ok(true);
+        };
+        let mut acked = Vec::new();
+        for (op, r) in ops.iter().zip(results) {
+            let outcome = match r {
+                Err(e) => return Err(format!("{}: the operation task failed: {e}", op.label())),
+                Ok(Err(_)) => {
+                    return Err(format!(
+                        "{}: did not finish within {}s of virtual time (hang)",
+                        op.label(),
+                        OP_TIMEOUT.as_secs()
+                    ));
+                }
+                Ok(Ok(o)) => o,
+            };
+            judge(op, &outcome, &moving)?;
+            let word = outcome_word(&outcome);
+            let kind = op.label();
+            let kind = kind.split(' ').next().unwrap_or("?");
+            *self.outcomes.entry(format!("{kind}:{word}")).or_default() += 1;
+            self.note(format!("{} -> {word}", op.label()));
+            if let Ok(effects) = outcome {
+                acked.extend(effects);
+            }
+        }
+        self.model.apply(&acked, &threats);
+        Ok(false)
+    }
+
+    /// Check every invariant, with faults paused so the checker's own reads through the
+    /// actors cannot fail.
+    async fn check(&mut self, client: &Client, all: bool, strict: bool) -> Result<(), String> {
+        self.faults.pause();
+        let r = self.check_inner(client, all, strict).await;
+        self.faults.resume();
+        r
+    }
+
+    async fn check_inner(
+        &mut self,
+        client: &Client,
+        all: bool,
+        strict: bool,
+    ) -> Result<(), String> {
+        // Deletions first, then the log: every announcement that preceded a deletion is then
+        // in the truth the deletion is judged against.
+        let deletions = self.store.take_deletions();
+        self.checker
+            .ingest(self.log.inner(), &mut self.trace)
+            .await?;
+        self.checker.check_catalog()?;
+        self.checker.check_ids(&self.ledger)?;
+        // Background work (the start-time resume, periodic GC) may move the log while we
+        // look; a mismatch is believed only if it survives reading the log again.
+        let mut attempt = 0;
+        loop {
+            let r = async {
+                self.checker
+                    .check_actors(client, self.log.inner(), all, strict)
+                    .await?;
+                self.checker.check_files(self.store.inner()).await
+            }
+            .await;
+            match r {
+                Ok(()) => break,
+                Err(e) if attempt >= 2 => return Err(e),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::task::yield_now().await;
+                    self.checker
+                        .ingest(self.log.inner(), &mut self.trace)
+                        .await?;
+                }
+            }
+        }
+        self.checker.check_deletions(&deletions)?;
+        self.checker
+            .check_new_commits(
+                client,
+                self.log.inner(),
+                self.store.inner(),
+                self.clock.clone(),
+            )
+            .await?;
+        self.model.reconcile(self.checker.truth())?;
+        let panics = take_panics();
+        if !panics.is_empty() {
+            return Err(format!("panicked: {}", panics.join(" | ")));
+        }
+        Ok(())
+    }
+
+    /// Heal every fault and require everything to settle.
+    async fn liveness(&mut self, client: &Client, node: &mut Node) -> Result<(), String> {
+        self.faults.heal();
+        self.note("liveness: faults healed".to_string());
+        // Virtual time for anything pending to finish or time out, and for idle entities to
+        // be evicted.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        // What the next start would do: finish interrupted snapshot creates and drops.
+        node.resumed().await;
+        tokio::time::timeout(OP_TIMEOUT, client.resume_unfinished())
+            .await
+            .map_err(|_| "liveness: resuming unfinished work hung".to_string())?
+            .map_err(|e| format!("liveness: resuming unfinished work failed: {e}"))?;
+        self.checker
+            .ingest(self.log.inner(), &mut self.trace)
+            .await?;
+        for (id, s) in &self.checker.truth().snapshots {
+            if matches!(
+                s.state.status,
+                Some(SnapshotStatus::Pending | SnapshotStatus::Deleting)
+            ) {
+                return Err(format!(
+                    "liveness: snapshot {id} is still {:?} after healing and resuming",
+                    s.state.status
+                ));
+            }
+        }
+
+        // 1. Every entity catches up with the log. Any command makes a stale actor re-read
+        //    its stream first; these probes are refused without writing anything.
+        let ids: Vec<u64> = self.checker.truth().collections.keys().copied().collect();
+        for id in ids {
+            let probe = CollectionCommand::DropIndex {
+                name: "settle-probe".to_string(),
+            };
+            match client
+                .registry()
+                .execute::<Collection>(&collection_stream(id), probe, 0)
+                .await
+            {
+                Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::FailedPrecondition) => {
+                }
+                Ok(_) => return Err(format!("liveness: a probe of collection {id} wrote events")),
+                Err(e) => return Err(format!("liveness: collection {id} does not settle: {e}")),
+            }
+        }
+        let snapshot_ids: Vec<u64> = self.checker.truth().snapshots.keys().copied().collect();
+        for id in snapshot_ids {
+            // Releasing a lease nobody holds changes nothing.
+            let probe = SnapshotCommand::ReleaseLease { job_id: u64::MAX };
+            let before = self.log.inner().head().await.map_err(|e| e.to_string())?;
+            match client
+                .registry()
+                .execute::<Snapshot>(&snapshot_stream(id), probe, 0)
+                .await
+            {
+                Err(e) if e.code == ErrorCode::Unavailable => {
+                    return Err(format!("liveness: snapshot {id} does not settle: {e}"));
+                }
+                _ => {}
+            }
+            if self.log.inner().head().await.map_err(|e| e.to_string())? != before {
+                return Err(format!("liveness: a probe of snapshot {id} wrote events"));
+            }
+        }
+        let probe = CatalogCommand::Release {
+            name: "settle-probe".to_string(),
+            collection_id: 0,
+        };
+        client
+            .registry()
+            .execute::<Catalog>(CATALOG_STREAM, probe, 0)
+            .await
+            .map_err(|e| format!("liveness: the catalog does not settle: {e}"))?;
+
+        // 2. With faults healed, real work succeeds every time.
+        let mut ops = Vec::new();
+        for (id, c) in self.model.live_collections() {
+            if let Some((pid, p)) = c.partitions.iter().next() {
+                ops.push(Op::Flush {
+                    id,
+                    name: c.name.clone(),
+                    partition_id: *pid,
+                    partition: p.clone(),
+                    shard: 0,
+                    files: 2,
+                    size: 64,
+                    rows: 10,
+                });
+            }
+        }
+        ops.push(Op::Create {
+            name: "settled".to_string(),
+            shard_count: 1,
+            partitions: Vec::new(),
+        });
+        self.run_must_succeed(client, ops).await?;
+        let created = self
+            .model
+            .live_collections()
+            .into_iter()
+            .find(|(_, c)| c.name == "settled")
+            .map(|(id, c)| (id, c.partitions.iter().next().map(|(p, n)| (*p, n.clone()))));
+        let Some((id, Some((pid, pname)))) = created else {
+            return Err("liveness: the collection created while healed is not known".to_string());
+        };
+        let flush = Op::Flush {
+            id,
+            name: "settled".to_string(),
+            partition_id: pid,
+            partition: pname,
+            shard: 0,
+            files: 1,
+            size: 32,
+            rows: 1,
+        };
+        let snapshot = Op::CreateSnapshot {
+            name: "settled".to_string(),
+            snapshot: "settled".to_string(),
+        };
+        let drop = Op::Drop {
+            id,
+            name: "settled".to_string(),
+        };
+        self.run_must_succeed(client, vec![flush, snapshot, drop])
+            .await?;
+
+        // 3. GC converges: with nothing in flight, windows of zero are safe; cycle until a
+        //    cycle reclaims nothing, then nothing unneeded may remain.
+        tokio::time::timeout(OP_TIMEOUT, client.gc_wait_loaded(OP_TIMEOUT))
+            .await
+            .map_err(|_| "liveness: the GC ref index never loaded".to_string())?
+            .map_err(|e| format!("liveness: the GC ref index does not load: {e}"))?;
+        let mut cycles = 0;
+        loop {
+            let report = tokio::time::timeout(
+                OP_TIMEOUT,
+                client.gc_run(GcRunOptions {
+                    dry_run: false,
+                    dropped_retention_ms: Some(0),
+                    orphan_window_ms: Some(0),
+                }),
+            )
+            .await
+            .map_err(|_| "liveness: a GC cycle hung".to_string())?
+            .map_err(|e| format!("liveness: a GC cycle failed with faults healed: {e}"))?;
+            if !report.loaded {
+                return Err(format!(
+                    "liveness: GC not loaded after waiting: {:?}",
+                    report.not_loaded_reason
+                ));
+            }
+            if report.total().objects == 0 && !report.truncated {
+                break;
+            }
+            cycles += 1;
+            if cycles > 10_000 {
+                return Err("liveness: GC keeps finding garbage after 10000 cycles".to_string());
+            }
+        }
+        self.note(format!(
+            "liveness: GC converged after {cycles} reclaiming cycles"
+        ));
+
+        // 4. Strict: every stream checked, every actor exactly at the log's version, every
+        //    committed snapshot still verifies, nothing unneeded left behind.
+        self.check(client, true, true).await?;
+        let committed: Vec<u64> = self
+            .checker
+            .truth()
+            .snapshots
+            .iter()
+            .filter(|(_, s)| s.state.status == Some(SnapshotStatus::Committed))
+            .map(|(id, _)| *id)
+            .collect();
+        self.checker
+            .verify_snapshots(
+                client,
+                self.log.inner(),
+                self.store.inner(),
+                self.clock.clone(),
+                &committed,
+            )
+            .await?;
+        self.checker.check_converged(self.store.inner()).await
+    }
+
+    async fn run_must_succeed(&mut self, client: &Client, ops: Vec<Op>) -> Result<(), String> {
+        let ctx = OpCtx {
+            client: client.clone(),
+            ledger: self.ledger.clone(),
+        };
+        let mut acked = Vec::new();
+        for op in ops {
+            let out = tokio::time::timeout(OP_TIMEOUT, execute(&ctx, &op))
+                .await
+                .map_err(|_| format!("liveness: {} hung", op.label()))?;
+            self.note(format!(
+                "liveness: {} -> {}",
+                op.label(),
+                outcome_word(&out)
+            ));
+            match out {
+                Ok(effects) => acked.extend(effects),
+                Err(e) => {
+                    return Err(format!(
+                        "liveness: {} failed with faults healed: {e}",
+                        op.label()
+                    ));
+                }
+            }
+            // Apply as we go: later operations may act on what earlier ones created.
+            self.model.apply(&std::mem::take(&mut acked), &[]);
+        }
+        Ok(())
+    }
+}
+
+fn build_runtime(seed: u64) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
+        .build()
+}
+
+/// Run one seed. Run one seed per process (the binary does): ractor numbers actors from a
+/// process-wide counter, and only a fresh process guarantees a fresh one.
+pub fn run_seed(cfg: &RunConfig) -> Result<RunReport, Failure> {
+    install_panic_hook();
+    take_panics();
+    let mut sim = Sim::setup(cfg.clone());
+    let fail = |sim: &Sim, message: String| Failure {
+        seed: cfg.seed,
+        steps: cfg.steps,
+        step: sim.step,
+        message,
+    };
+    loop {
+        let runtime_seed = sim.runtime_rng.next_u64();
+        let rt = build_runtime(runtime_seed)
+            .map_err(|e| fail(&sim, format!("cannot build a runtime: {e}")))?;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(sim.incarnation())
+        }));
+        // Dropping the runtime is the crash: every task of the node dies where it stood.
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(rt)));
+        let panics = take_panics();
+        match outcome {
+            Err(p) => {
+                let mut msg = format!("panicked: {}", panic_message(&*p));
+                if !panics.is_empty() {
+                    msg = format!("{msg} ({})", panics.join(" | "));
+                }
+                return Err(fail(&sim, msg));
+            }
+            Ok(Err(m)) => return Err(fail(&sim, m)),
+            Ok(Ok(done)) => {
+                if dropped.is_err() || !panics.is_empty() {
+                    return Err(fail(
+                        &sim,
+                        format!("panicked while the node went down: {}", panics.join(" | ")),
+                    ));
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+    let objects = futures::executor::block_on(hash_store(sim.store.inner(), &mut sim.trace))
+        .map_err(|m| fail(&sim, m))?;
+    Ok(RunReport {
+        seed: cfg.seed,
+        steps: cfg.steps,
+        trace_hash: sim.trace.value(),
+        events: sim.checker.events(),
+        objects,
+        crashes: sim.crashes,
+        graceful_restarts: sim.graceful,
+        virtual_ms: sim.clock.elapsed_ms(),
+        lagging_reads: sim.checker.lagging_reads,
+        outcomes: sim.outcomes.clone(),
+        injected: sim.faults.injected(),
+    })
+}
