@@ -9,6 +9,7 @@ use object_store::ObjectStore;
 use snapvault_actors::catalog::{Catalog, CatalogCommand};
 use snapvault_actors::collection::{Collection, CollectionState};
 use snapvault_actors::gc::Gc;
+use snapvault_actors::restore::Restores;
 use snapvault_actors::snapshot::index::SnapshotIndex;
 use snapvault_actors::snapshot::worker::SnapshotWorker;
 use snapvault_actors::{Executed, Registry};
@@ -43,6 +44,7 @@ pub struct Client {
     pub(crate) snapshots: SnapshotIndex,
     pub(crate) snapshot_worker: SnapshotWorker,
     pub(crate) gc: Gc,
+    pub(crate) restores: Restores,
 }
 
 impl Client {
@@ -53,6 +55,7 @@ impl Client {
         snapshots: SnapshotIndex,
         snapshot_worker: SnapshotWorker,
         gc: Gc,
+        restores: Restores,
     ) -> Self {
         Client {
             registry,
@@ -61,6 +64,7 @@ impl Client {
             snapshots,
             snapshot_worker,
             gc,
+            restores,
         }
     }
 
@@ -168,6 +172,7 @@ impl Client {
             properties: request.properties.clone(),
             partitions: request.partitions.clone(),
             restoring_job,
+            indexes: Vec::new(),
         };
         // Validate fully before allocating an id or writing anything.
         <Collection as snapvault_actors::Aggregate>::decide(

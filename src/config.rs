@@ -2,6 +2,7 @@
 
 use snapvault_actors::RegistryConfig;
 use snapvault_actors::gc::GcConfig;
+use snapvault_actors::restore::RestoreConfig;
 use snapvault_actors::snapshot::worker::SnapshotConfig;
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,7 @@ pub struct NodeConfig {
     pub id_block_size: u64,
     pub snapshot: SnapshotConfig,
     pub gc: GcConfig,
+    pub restore: RestoreConfig,
 }
 
 impl NodeConfig {
@@ -48,6 +50,7 @@ impl NodeConfig {
             id_block_size: 1_000,
             snapshot: SnapshotConfig::default(),
             gc: GcConfig::default(),
+            restore: RestoreConfig::default(),
         }
     }
 
@@ -60,6 +63,7 @@ impl NodeConfig {
             id_block_size: 1_000,
             snapshot: SnapshotConfig::default(),
             gc: GcConfig::default(),
+            restore: RestoreConfig::default(),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! - [`config`]: what a node is made of (log backend, object store, limits).
 //! - [`node`]: `Node::start(config)`: opens the parts, starts the entity registry.
 //! - [`client`]: the typed API over the actors; one method per operation.
+//! - [`snapshots`], [`restores`], [`gc`]: the client's operations on snapshots, restore jobs
+//!   and garbage collection.
 //! - [`host`]: what the host database does to the object store (write segment files, merge
 //!   them); the CLI's `ingest`/`compact`, the tests, benches and simulator use it as the host.
 
@@ -12,6 +14,7 @@ pub mod config;
 pub mod gc;
 pub mod host;
 pub mod node;
+pub mod restores;
 pub mod snapshots;
 pub mod views;
 

@@ -5,6 +5,7 @@ use crate::config::{LogConfig, NodeConfig, StoreConfig};
 use object_store::ObjectStore;
 use snapvault_actors::gc::Gc;
 use snapvault_actors::gc::sweeper::{GcConfig, SweepContext};
+use snapvault_actors::restore::{RestoreConfig, RestoreContext, Restores};
 use snapvault_actors::snapshot::index::SnapshotIndex;
 use snapvault_actors::snapshot::worker::{SnapshotConfig, SnapshotWorker};
 use snapvault_actors::{Registry, RegistryConfig};
@@ -31,6 +32,17 @@ pub struct Node {
 /// How long `shutdown` waits for the resume of unfinished work before it leaves the rest to
 /// the next start.
 const RESUME_WAIT_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long `shutdown` waits for restore copies to record their progress and stop.
+const RESTORE_STOP_WAIT_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The limits and timings of the node's work.
+#[derive(Debug, Clone, Default)]
+pub struct NodeLimits {
+    pub snapshot: SnapshotConfig,
+    pub gc: GcConfig,
+    pub restore: RestoreConfig,
+}
 
 impl Node {
     /// Open the parts named by `config` and start.
@@ -65,8 +77,11 @@ impl Node {
             NodeParts { log, store, clock },
             config.registry,
             config.id_block_size,
-            config.snapshot,
-            config.gc,
+            NodeLimits {
+                snapshot: config.snapshot,
+                gc: config.gc,
+                restore: config.restore,
+            },
         )
         .await
     }
@@ -76,9 +91,16 @@ impl Node {
         parts: NodeParts,
         registry: RegistryConfig,
         id_block_size: u64,
-        snapshot: SnapshotConfig,
-        gc: GcConfig,
+        limits: NodeLimits,
     ) -> Result<Node, Error> {
+        let NodeLimits {
+            snapshot,
+            gc,
+            restore,
+        } = limits;
+        // What is in the log now was written by earlier processes: the resume below may
+        // clean leftovers up to here, never what this process writes from now on.
+        let head_at_start = parts.log.head().await?;
         let registry = Registry::start(parts.log.clone(), parts.clock.clone(), registry).await?;
         let ids = Arc::new(IdAllocator::new(parts.log.clone(), id_block_size));
         let snapshots = SnapshotIndex::start(parts.log.clone());
@@ -97,6 +119,16 @@ impl Node {
             config: gc,
         })
         .await?;
+        let restores = Restores::start(RestoreContext {
+            registry: registry.clone(),
+            log: parts.log.clone(),
+            store: parts.store.clone(),
+            clock: parts.clock.clone(),
+            ids: ids.clone(),
+            snapshots: worker.clone(),
+            config: restore,
+        })
+        .await?;
         let client = Client::new(
             registry.clone(),
             ids,
@@ -104,12 +136,16 @@ impl Node {
             snapshots,
             worker,
             gc,
+            restores,
         );
         // Finish what a previous process left unfinished (pending creates, drops, pins).
         let resumer = client.clone();
         let resume = tokio::spawn(async move {
             if let Err(e) = resumer.resume_unfinished().await {
                 tracing::warn!(error = %e, "resuming unfinished work failed; it is retried at the next start");
+            }
+            if let Err(e) = resumer.resume_restores(head_at_start).await {
+                tracing::warn!(error = %e, "resuming restore jobs failed; it is retried at the next start");
             }
         });
         Ok(Node {
@@ -133,6 +169,10 @@ impl Node {
         {
             resume.abort();
         }
+        self.client
+            .restores
+            .shutdown(RESTORE_STOP_WAIT_ON_SHUTDOWN)
+            .await;
         self.client.snapshots.stop().await;
         self.client.gc.stop().await;
         self.registry.shutdown().await;

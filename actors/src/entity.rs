@@ -40,6 +40,9 @@ pub enum EntityMsg<A: Aggregate> {
         reply: oneshot::Sender<Result<Executed<A::Event>, Error>>,
     },
     Inspect(Inspector<A>),
+    /// Like `Inspect`, but first catch up with the log: another node (or a twin actor) may
+    /// have appended to the stream since this actor last did.
+    InspectLatest(Inspector<A>),
 }
 
 pub struct EntityArgs {
@@ -177,6 +180,13 @@ impl<A: Aggregate> Actor for EntityActor<A> {
                 let out = s.execute(&command, correlation_id).await;
                 // The caller may have given up waiting; that is not the entity's failure.
                 let _ = reply.send(out);
+            }
+            EntityMsg::InspectLatest(f) => {
+                if let Err(e) = s.catch_up().await {
+                    tracing::debug!(stream = %s.stream, error = %e, "cannot catch up for a read; refusing it");
+                    return Ok(());
+                }
+                f(s.version, &s.state)
             }
             EntityMsg::Inspect(f) => {
                 // After an ambiguous append the log may hold events this actor has not

@@ -8,10 +8,13 @@
 pub mod aggregate;
 pub mod catalog;
 pub mod collection;
+pub mod copy_audit;
 pub mod crash_points;
 pub mod entity;
 pub mod gc;
+pub mod projection;
 pub mod registry;
+pub mod restore;
 pub mod snapshot;
 
 pub use aggregate::Aggregate;

@@ -347,6 +347,44 @@ impl Registry {
         stream: &str,
         f: impl FnOnce(u64, &A::State) -> R + Send + 'static,
     ) -> Result<R, Error> {
+        self.inspect_with::<A, R>(stream, false, f).await
+    }
+
+    /// Like [`Registry::inspect`], but the actor first catches up with the log, so the state
+    /// includes what other nodes appended (a cancel recorded elsewhere, say).
+    pub async fn inspect_latest<A: Aggregate, R: Send + 'static>(
+        &self,
+        stream: &str,
+        f: impl FnOnce(u64, &A::State) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        self.inspect_with::<A, R>(stream, true, f).await
+    }
+
+    /// Stop the actor of `stream` now (it finishes its mailbox first), so a worker that is
+    /// done with an entity gives its memory back without waiting for the idle sweep.
+    pub fn release(&self, stream: &str) {
+        let cell = {
+            let mut t = self.shared.tables();
+            let cell = t
+                .by_stream
+                .remove(stream)
+                .and_then(|e| e.cell.get().cloned());
+            if let Some(c) = &cell {
+                t.by_actor.remove(&c.get_id());
+            }
+            cell
+        };
+        if let Some(cell) = cell {
+            let _ = cell.drain();
+        }
+    }
+
+    async fn inspect_with<A: Aggregate, R: Send + 'static>(
+        &self,
+        stream: &str,
+        latest: bool,
+        f: impl FnOnce(u64, &A::State) -> R + Send + 'static,
+    ) -> Result<R, Error> {
         let mut f = Some(f);
         for _ in 0..MAX_SEND_ATTEMPTS {
             let actor = self.actor::<A>(stream).await?;
@@ -354,12 +392,17 @@ impl Registry {
             let Some(g) = f.take() else { break };
             let slot = Arc::new(Mutex::new(Some(g)));
             let slot2 = slot.clone();
-            let msg = EntityMsg::Inspect(Box::new(move |v, s| {
+            let inspector: crate::entity::Inspector<A> = Box::new(move |v, s| {
                 let g = slot2.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(g) = g {
                     let _ = tx.send(g(v, s));
                 }
-            }));
+            });
+            let msg = if latest {
+                EntityMsg::InspectLatest(inspector)
+            } else {
+                EntityMsg::Inspect(inspector)
+            };
             match actor.send_message(msg) {
                 Ok(()) => {
                     return rx.await.map_err(|_| {

@@ -326,8 +326,11 @@ impl Sim {
             parts,
             self.swarm.registry,
             self.swarm.id_block_size,
-            self.swarm.snapshot,
-            self.swarm.gc.clone(),
+            snapvault::node::NodeLimits {
+                snapshot: self.swarm.snapshot,
+                gc: self.swarm.gc.clone(),
+                restore: snapvault_actors::restore::RestoreConfig::default(),
+            },
         )
         .await
         .map_err(|e| format!("the node failed to start: {e}"))?;

@@ -122,6 +122,50 @@ impl CollectionState {
         Ok(())
     }
 
+    /// Only the restore job that created a `Restoring` collection may fill or finish it.
+    fn require_restoring_by(&self, job_id: JobId) -> Result<(), Error> {
+        self.require_live()?;
+        if self.status != Some(CollectionStatus::Restoring) || self.restoring_job != Some(job_id) {
+            return Err(Error::failed_precondition(format!(
+                "collection '{}' is not being restored by job {job_id}",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// A restored segment must fit the target: a live partition, a shard it has, clean files,
+    /// and builds only of indexes it declares.
+    fn check_restored_segment(&self, seg: &SegmentRecord) -> Result<(), Error> {
+        let partition_live = self
+            .partitions
+            .get(&seg.partition_id)
+            .is_some_and(|p| !p.dropped);
+        if !partition_live {
+            return Err(Error::invalid_argument(format!(
+                "restored segment {} names partition {}, which collection '{}' does not have",
+                seg.segment_id, seg.partition_id, self.name
+            )));
+        }
+        if seg.shard >= self.shard_count {
+            return Err(Error::invalid_argument(format!(
+                "restored segment {} is on shard {}; collection '{}' has shards 0..{}",
+                seg.segment_id, seg.shard, self.name, self.shard_count
+            )));
+        }
+        check_files(&format!("segment {}", seg.segment_id), &seg.files)?;
+        for i in &seg.indexes {
+            if !self.indexes.get(&i.index_id).is_some_and(|x| !x.dropped) {
+                return Err(Error::invalid_argument(format!(
+                    "restored segment {} has a build of index {}, which collection '{}' does not declare",
+                    seg.segment_id, i.index_id, self.name
+                )));
+            }
+            check_files(&format!("index build {}", i.build_id), &i.files)?;
+        }
+        Ok(())
+    }
+
     fn check_new_segment_id(&self, segment_id: SegmentId) -> Result<(), Error> {
         if segment_id == 0 {
             return Err(Error::invalid_argument("segment id must not be 0"));
@@ -176,6 +220,12 @@ fn check_files(what: &str, files: &[FileRef]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+fn check_new_index(name: &str, field: &str, params_json: &str) -> Result<(), Error> {
+    validate_name("index name", name)?;
+    validate_name("index field", field)?;
+    check_json("index parameters", params_json, MAX_PARAMS_BYTES)
 }
 
 fn check_json(what: &str, text: &str, max_bytes: usize) -> Result<(), Error> {
@@ -292,7 +342,7 @@ impl Aggregate for Collection {
                     )));
                 }
                 let partitions = check_create(c)?;
-                Ok(vec![E::Created {
+                let mut events = vec![E::Created {
                     collection_id: c.collection_id,
                     name: c.name.clone(),
                     schema_json: c.schema_json.clone(),
@@ -306,10 +356,34 @@ impl Aggregate for Collection {
                     },
                     restoring_job: c.restoring_job,
                     created_ms: now_ms,
-                }])
+                }];
+                let mut names = BTreeSet::new();
+                for (n, i) in c.indexes.iter().enumerate() {
+                    check_new_index(&i.name, &i.field, &i.params_json)?;
+                    if !names.insert(i.name.as_str()) {
+                        return Err(Error::invalid_argument(format!(
+                            "index '{}' is declared twice",
+                            i.name
+                        )));
+                    }
+                    events.push(E::IndexCreated {
+                        index_id: n as IndexId + 1,
+                        name: i.name.clone(),
+                        field: i.field.clone(),
+                        params_json: i.params_json.clone(),
+                    });
+                }
+                Ok(events)
             }
             C::Drop => {
                 s.require_live()?;
+                if s.status == Some(CollectionStatus::Restoring) {
+                    return Err(Error::failed_precondition(format!(
+                        "collection '{}' is being restored by job {}; cancel the restore instead",
+                        s.name,
+                        s.restoring_job.unwrap_or(0)
+                    )));
+                }
                 Ok(vec![E::Dropped])
             }
             C::CreatePartition { name } => {
@@ -356,9 +430,7 @@ impl Aggregate for Collection {
                 params_json,
             } => {
                 s.require_writable()?;
-                validate_name("index name", name)?;
-                validate_name("index field", field)?;
-                check_json("index parameters", params_json, MAX_PARAMS_BYTES)?;
+                check_new_index(name, field, params_json)?;
                 if s.index_by_name(name).is_some() {
                     return Err(Error::already_exists(format!(
                         "index '{name}' already exists in collection '{}'",
@@ -534,6 +606,62 @@ impl Aggregate for Collection {
                     pinned_ms: now_ms,
                 }])
             }
+            C::StageRestoredSegments { job_id, segments } => {
+                s.require_restoring_by(*job_id)?;
+                if segments.len() > MAX_SEGMENTS_PER_STAGE {
+                    return Err(Error::invalid_argument(format!(
+                        "at most {MAX_SEGMENTS_PER_STAGE} segments are staged at once, got {}",
+                        segments.len()
+                    )));
+                }
+                let mut events = Vec::new();
+                for seg in segments {
+                    if let Some(existing) = s.segments.get(&seg.segment_id) {
+                        if **existing == *seg {
+                            continue;
+                        }
+                        return Err(Error::already_exists(format!(
+                            "segment {} is already staged in collection '{}' with other contents",
+                            seg.segment_id, s.name
+                        )));
+                    }
+                    s.check_new_segment_id(seg.segment_id)?;
+                    s.check_restored_segment(seg)?;
+                    events.push(E::SegmentFlushed {
+                        segment: seg.clone(),
+                    });
+                }
+                Ok(events)
+            }
+            C::CompleteRestore { job_id } => {
+                if s.status == Some(CollectionStatus::Ready) && s.restoring_job == Some(*job_id) {
+                    return Ok(vec![]);
+                }
+                s.require_restoring_by(*job_id)?;
+                Ok(vec![E::RestoreCompleted {
+                    job_id: *job_id,
+                    completed_ms: now_ms,
+                }])
+            }
+            C::AbandonRestore { job_id } => {
+                if !s.exists {
+                    return Ok(vec![]);
+                }
+                if s.restoring_job != Some(*job_id) {
+                    return Err(Error::failed_precondition(format!(
+                        "collection '{}' was not created by restore job {job_id}",
+                        s.name
+                    )));
+                }
+                match s.status {
+                    Some(CollectionStatus::Restoring) => Ok(vec![E::Dropped]),
+                    Some(CollectionStatus::Dropped) => Ok(vec![]),
+                    _ => Err(Error::failed_precondition(format!(
+                        "collection '{}' finished its restore; it is no longer the job's to drop",
+                        s.name
+                    ))),
+                }
+            }
             C::UnpinSnapshot { snapshot_id } => {
                 if !s.exists {
                     return Err(Error::not_found("collection not found"));
@@ -675,6 +803,7 @@ impl Aggregate for Collection {
             E::SnapshotUnpinned { snapshot_id } => {
                 s.pins.remove(snapshot_id);
             }
+            E::RestoreCompleted { .. } => s.status = Some(CollectionStatus::Ready),
         }
     }
 }

@@ -403,6 +403,11 @@ impl RefIndex {
                 s.holding = true;
             }
             E::SnapshotUnpinned { snapshot_id } => self.release_snapshot(snapshot_id),
+            // The restore finished: the prefix is no longer protected wholesale; its files are
+            // now protected as the live segments staged into it.
+            E::RestoreCompleted { .. } => {
+                self.collections.entry(id).or_default().status = Some(CollectionStatus::Ready);
+            }
             // Names and declarations hold no objects.
             E::PartitionCreated { .. } | E::IndexCreated { .. } => {}
         }

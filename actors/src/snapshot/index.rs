@@ -9,20 +9,15 @@
 //! query started, so a client always reads its own writes.
 
 use crate::aggregate::Aggregate;
+use crate::projection::{Fold, Projection};
 use crate::snapshot::decider::{Snapshot, SnapshotState};
-use futures::StreamExt;
 use snapvault_events::codec::decode;
 use snapvault_events::domain::collection::CollectionEvent;
 use snapvault_events::domain::snapshot::{SnapshotEvent, SnapshotStatus};
-use snapvault_events::domain::{CollectionId, SnapshotId};
+use snapvault_events::domain::{CollectionId, JobId, SnapshotId};
 use snapvault_events::{Error, EventLog, LogError};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
-
-/// First and largest pause before the tail subscribes again after a transient read error.
-const TAIL_RETRY_INITIAL_MS: u64 = 10;
-const TAIL_RETRY_MAX_MS: u64 = 5_000;
+use std::sync::Arc;
 
 /// A pin seen in a collection stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,30 +31,15 @@ pub struct Pin {
 }
 
 #[derive(Default)]
-struct Tables {
+pub struct Tables {
     snapshots: BTreeMap<SnapshotId, SnapshotState>,
     /// Pins not yet released.
     pins: BTreeMap<SnapshotId, Pin>,
-    /// Set when the tail stopped on an error (a corrupt record): queries report it.
-    failure: Option<String>,
 }
 
 #[derive(Clone)]
 pub struct SnapshotIndex {
-    log: Arc<dyn EventLog>,
-    tables: Arc<Mutex<Tables>>,
-    applied_rx: watch::Receiver<u64>,
-    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Drop for SnapshotIndex {
-    fn drop(&mut self) {
-        if Arc::strong_count(&self.task) == 1
-            && let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take()
-        {
-            t.abort();
-        }
-    }
+    projection: Projection<Tables>,
 }
 
 fn stream_id(stream: &str, prefix: &str) -> Option<u64> {
@@ -69,88 +49,19 @@ fn stream_id(stream: &str, prefix: &str) -> Option<u64> {
 impl SnapshotIndex {
     /// Start tailing the log from its beginning.
     pub fn start(log: Arc<dyn EventLog>) -> SnapshotIndex {
-        let tables = Arc::new(Mutex::new(Tables::default()));
-        let (applied_tx, applied_rx) = watch::channel(0u64);
-        let t = tables.clone();
-        let l = log.clone();
-        let task = tokio::spawn(async move {
-            // A transient read error (`Unavailable`) only interrupts the tail: subscribe again
-            // from the next position after a backoff. Only a record that cannot be applied
-            // (corrupt, or from a newer build) stops the index for good.
-            let mut next_position = 1;
-            let mut backoff_ms = TAIL_RETRY_INITIAL_MS;
-            loop {
-                let mut sub = l.clone().subscribe(next_position);
-                let mut interrupted = false;
-                while let Some(next) = sub.next().await {
-                    match next {
-                        Ok(env) => {
-                            let mut tables = t.lock().unwrap_or_else(|p| p.into_inner());
-                            if let Err(e) = apply(&mut tables, &env) {
-                                tables.failure = Some(e.to_string());
-                                return;
-                            }
-                            drop(tables);
-                            next_position = env.position + 1;
-                            backoff_ms = TAIL_RETRY_INITIAL_MS;
-                            applied_tx.send_replace(env.position);
-                        }
-                        Err(LogError::Unavailable(e)) => {
-                            tracing::debug!(error = %e, backoff_ms, "snapshot index tail interrupted; retrying");
-                            interrupted = true;
-                            break;
-                        }
-                        Err(e) => {
-                            t.lock().unwrap_or_else(|p| p.into_inner()).failure =
-                                Some(e.to_string());
-                            return;
-                        }
-                    }
-                }
-                if !interrupted {
-                    // The log went away (its head channel closed): nothing more will come.
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
-                backoff_ms = (backoff_ms * 2).min(TAIL_RETRY_MAX_MS);
-            }
-        });
         SnapshotIndex {
-            log,
-            tables,
-            applied_rx,
-            task: Arc::new(Mutex::new(Some(task))),
+            projection: Projection::start("snapshot index", log),
         }
     }
 
     /// Stop tailing (node shutdown) and wait until the task let go of the log.
     pub async fn stop(&self) {
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = task {
-            t.abort();
-            let _ = t.await;
-        }
-    }
-
-    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
-        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+        self.projection.stop().await
     }
 
     /// Wait until everything in the log now is applied.
     pub async fn sync(&self) -> Result<(), Error> {
-        let head = self.log.head().await?;
-        let mut rx = self.applied_rx.clone();
-        loop {
-            if let Some(f) = &self.tables().failure {
-                return Err(Error::internal(format!("snapshot index stopped: {f}")));
-            }
-            if *rx.borrow_and_update() >= head {
-                return Ok(());
-            }
-            if rx.changed().await.is_err() {
-                return Err(Error::internal("snapshot index stopped"));
-            }
-        }
+        self.projection.sync().await
     }
 
     /// Run `f` over the tables after syncing.
@@ -158,9 +69,7 @@ impl SnapshotIndex {
         &self,
         f: impl FnOnce(&BTreeMap<SnapshotId, SnapshotState>, &BTreeMap<SnapshotId, Pin>) -> R,
     ) -> Result<R, Error> {
-        self.sync().await?;
-        let t = self.tables();
-        Ok(f(&t.snapshots, &t.pins))
+        self.projection.read(|t| f(&t.snapshots, &t.pins)).await
     }
 
     /// Every snapshot, newest first (by id, which grows with time).
@@ -191,6 +100,16 @@ impl SnapshotIndex {
 
     pub async fn get(&self, id: SnapshotId) -> Result<Option<SnapshotState>, Error> {
         self.read(|s, _| s.get(&id).cloned()).await
+    }
+
+    /// Every (snapshot, restore job) lease held.
+    pub async fn leases(&self) -> Result<Vec<(SnapshotId, JobId)>, Error> {
+        self.read(|s, _| {
+            s.iter()
+                .flat_map(|(id, x)| x.leases.iter().map(move |j| (*id, *j)))
+                .collect()
+        })
+        .await
     }
 
     /// Snapshots with unfinished work, and pins that never became a snapshot.
@@ -231,10 +150,13 @@ pub struct Unfinished {
     pub orphan_pins: Vec<(SnapshotId, Pin)>,
 }
 
-fn apply(
-    t: &mut Tables,
-    env: &snapvault_events::Envelope,
-) -> Result<(), snapvault_events::LogError> {
+impl Fold for Tables {
+    fn apply(&mut self, env: &snapvault_events::Envelope) -> Result<(), LogError> {
+        apply(self, env)
+    }
+}
+
+fn apply(t: &mut Tables, env: &snapvault_events::Envelope) -> Result<(), LogError> {
     if let Some(id) = stream_id(&env.stream, "snapshot-") {
         let event: SnapshotEvent = decode(env)?;
         Snapshot::evolve(t.snapshots.entry(id).or_default(), &event);

@@ -75,7 +75,21 @@ pub struct CreateCollection {
     pub partitions: Vec<String>,
     /// Set when a restore job creates the collection: it starts in `Restoring`.
     pub restoring_job: Option<JobId>,
+    /// Indexes declared at creation (a restore recreates the snapshot's), in id order.
+    #[serde(default)]
+    pub indexes: Vec<NewIndex>,
 }
+
+/// An index declared with the collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewIndex {
+    pub name: String,
+    pub field: String,
+    pub params_json: String,
+}
+
+/// Most segments one `StageRestoredSegments` command carries (each becomes one event).
+pub const MAX_SEGMENTS_PER_STAGE: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlushSegment {
@@ -139,6 +153,23 @@ pub enum CollectionCommand {
     UnpinSnapshot {
         snapshot_id: SnapshotId,
     },
+    /// A restore job records segments it copied into its `Restoring` target. They are
+    /// recorded but the collection serves nothing until `CompleteRestore`. A segment already
+    /// staged with the same record is skipped (a resumed commit repeats nothing).
+    StageRestoredSegments {
+        job_id: JobId,
+        segments: Vec<SegmentRecord>,
+    },
+    /// The restore job is done: the collection becomes `Ready`, with every staged segment, in
+    /// one event. A repeat after completion is a no-op.
+    CompleteRestore {
+        job_id: JobId,
+    },
+    /// The restore job rolled back: the target is dropped. The host cannot drop a `Restoring`
+    /// collection (it belongs to its job); only the job can, this way.
+    AbandonRestore {
+        job_id: JobId,
+    },
 }
 
 /// What happened to a collection.
@@ -201,6 +232,12 @@ pub enum CollectionEvent {
     SnapshotUnpinned {
         snapshot_id: SnapshotId,
     },
+    /// The restore job `job_id` finished: every segment staged so far becomes live at once and
+    /// the collection is `Ready`.
+    RestoreCompleted {
+        job_id: JobId,
+        completed_ms: u64,
+    },
 }
 
 impl DomainEvent for CollectionEvent {
@@ -219,6 +256,7 @@ impl DomainEvent for CollectionEvent {
             CollectionEvent::IndexBuilt { .. } => "IndexBuilt",
             CollectionEvent::SnapshotPinned { .. } => "SnapshotPinned",
             CollectionEvent::SnapshotUnpinned { .. } => "SnapshotUnpinned",
+            CollectionEvent::RestoreCompleted { .. } => "RestoreCompleted",
         }
     }
 }

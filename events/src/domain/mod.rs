@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod collection;
 pub mod gc;
+pub mod restore;
 pub mod snapshot;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,505 @@
+//! The copy of one file, and the copy-task actor that copies a task's files.
+//!
+//! **One file.** With checksum verification (the default) the source is streamed through
+//! once: its crc32c is computed on the bytes as they pass and compared with the snapshot's
+//! record *before* the destination is published (a single `put`, or a multipart upload that
+//! is aborted on a mismatch), then the destination's size is checked with a `head`. So a
+//! destination object exists only if it holds exactly the recorded bytes — which is what
+//! lets a resumed task trust a destination it finds (see `check_existing`). Without
+//! verification a server-side `copy` is used (a hard link on the local store, `CopyObject` on
+//! S3) and only sizes are checked: reading the bytes back would double the I/O the copy saved.
+//!
+//! **One task.** [`CopyRunner`] is a ractor actor spawned (linked) by its job's runner. It
+//! rebuilds the task from its stream, copies the files not yet recorded as done (at most the
+//! job's parallelism at once, shared with the job's other tasks through one semaphore, and
+//! within the job's bandwidth limit), records progress in bounded batches, and tells the
+//! job how it ended. A stop signal (cancel or shutdown) stops it between files — and between
+//! chunks of a big file — after recording what was done.
+
+use crate::copy_audit::record_copy;
+use crate::crash_points::crash_point;
+use crate::restore::context::RestoreContext;
+use crate::restore::copy_task::{CopyItem, CopyTask, copy_items};
+use crate::restore::throttle::Throttle;
+use bytes::BytesMut;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use snapvault_events::domain::JobId;
+use snapvault_events::domain::restore::{CopyTaskCommand, CopyTaskStatus, copy_task_stream};
+use snapvault_events::{Error, ErrorCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+
+/// Why one file's copy did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyFailure {
+    /// The source is missing or does not match the snapshot: retrying cannot help.
+    Permanent(String),
+    /// The store could not be reached, or answered oddly: worth retrying.
+    Transient(String),
+    /// The task was told to stop.
+    Stopped,
+}
+
+/// How a copy task ended, as its runner reports it to the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskOutcome {
+    /// Every file is copied, checked and recorded; the task is Completed.
+    Done,
+    /// A source file is missing or corrupt; the task is Failed.
+    Failed { key: String, reason: String },
+    /// Stopped on request; progress so far is recorded.
+    Stopped,
+    /// Transient errors outlasted the retries; run the task again later.
+    Retry(String),
+}
+
+fn transient(key: &str, e: object_store::Error) -> CopyFailure {
+    CopyFailure::Transient(format!("object store error on '{key}': {e}"))
+}
+
+/// Copy one file, checking it as described in the module docs.
+pub async fn copy_file(
+    store: &dyn ObjectStore,
+    item: &CopyItem,
+    verify: bool,
+    throttle: Option<&Throttle>,
+    limits: CopyLimits,
+    stop: &StopFlag,
+) -> Result<(), CopyFailure> {
+    let src = Path::from(item.source_key.as_str());
+    let dst = Path::from(item.dest.key.as_str());
+    let want = &item.dest;
+    if !verify {
+        if let Some(t) = throttle {
+            t.take(want.size).await;
+        }
+        match store.copy(&src, &dst).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(CopyFailure::Permanent("the source file is missing".into()));
+            }
+            Err(e) => return Err(transient(&item.source_key, e)),
+        }
+        record_copy(&want.key);
+        return check_size(store, &dst, &want.key, want.size, true).await;
+    }
+    let got = match store.get(&src).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(CopyFailure::Permanent("the source file is missing".into()));
+        }
+        Err(e) => return Err(transient(&item.source_key, e)),
+    };
+    if got.meta.size != want.size {
+        return Err(CopyFailure::Permanent(format!(
+            "the source file is {} bytes; the snapshot recorded {}",
+            got.meta.size, want.size
+        )));
+    }
+    let mut stream = got.into_stream();
+    let mut crc = 0u32;
+    let mut seen = 0u64;
+    if want.size <= limits.single_put_max_bytes {
+        let mut buf = BytesMut::with_capacity(want.size as usize);
+        while let Some(chunk) = stream.next().await {
+            if stop.is_set() {
+                return Err(CopyFailure::Stopped);
+            }
+            let chunk = chunk.map_err(|e| transient(&item.source_key, e))?;
+            if let Some(t) = throttle {
+                t.take(chunk.len() as u64).await;
+            }
+            crc = crc32c::crc32c_append(crc, &chunk);
+            seen += chunk.len() as u64;
+            buf.extend_from_slice(&chunk);
+        }
+        check_source(seen, crc, want)?;
+        store
+            .put(&dst, PutPayload::from_bytes(buf.freeze()))
+            .await
+            .map_err(|e| transient(&want.key, e))?;
+    } else {
+        let upload = store
+            .put_multipart(&dst)
+            .await
+            .map_err(|e| transient(&want.key, e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, limits.part_bytes);
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) if !stop.is_set() => c,
+                Ok(_) => {
+                    let _ = w.abort().await;
+                    return Err(CopyFailure::Stopped);
+                }
+                Err(e) => {
+                    let _ = w.abort().await;
+                    return Err(transient(&item.source_key, e));
+                }
+            };
+            if let Some(t) = throttle {
+                t.take(chunk.len() as u64).await;
+            }
+            crc = crc32c::crc32c_append(crc, &chunk);
+            seen += chunk.len() as u64;
+            if let Err(e) = w.wait_for_capacity(limits.parts_in_flight).await {
+                let _ = w.abort().await;
+                return Err(transient(&want.key, e));
+            }
+            w.put(chunk);
+        }
+        if let Err(f) = check_source(seen, crc, want) {
+            let _ = w.abort().await;
+            return Err(f);
+        }
+        w.finish().await.map_err(|e| transient(&want.key, e))?;
+    }
+    record_copy(&want.key);
+    check_size(store, &dst, &want.key, want.size, false).await
+}
+
+fn check_source(
+    seen: u64,
+    crc: u32,
+    want: &snapvault_events::domain::FileRef,
+) -> Result<(), CopyFailure> {
+    if seen != want.size {
+        return Err(CopyFailure::Permanent(format!(
+            "the source file read as {seen} bytes; the snapshot recorded {}",
+            want.size
+        )));
+    }
+    if crc != want.crc32c {
+        return Err(CopyFailure::Permanent(format!(
+            "the source file's crc32c is {crc:#010x}; the snapshot recorded {:#010x}",
+            want.crc32c
+        )));
+    }
+    Ok(())
+}
+
+/// The destination must have the size it was given. After a server-side copy a wrong size
+/// means the source was wrong (`source_is_suspect`); after a streamed put it means the store
+/// misbehaved, which a retry may fix.
+async fn check_size(
+    store: &dyn ObjectStore,
+    dst: &Path,
+    key: &str,
+    size: u64,
+    source_is_suspect: bool,
+) -> Result<(), CopyFailure> {
+    let meta = store.head(dst).await.map_err(|e| transient(key, e))?;
+    if meta.size == size {
+        return Ok(());
+    }
+    let why = format!("the copy of '{key}' is {} bytes, not {size}", meta.size);
+    if source_is_suspect {
+        Err(CopyFailure::Permanent(why))
+    } else {
+        Err(CopyFailure::Transient(why))
+    }
+}
+
+/// Sizes that shape a copy.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyLimits {
+    /// Files up to this size are buffered and published with one `put`.
+    pub single_put_max_bytes: u64,
+    /// Part size of a multipart upload (S3 needs ≥ 5 MiB).
+    pub part_bytes: usize,
+    /// Parts of one upload in flight at once.
+    pub parts_in_flight: usize,
+}
+
+/// Set when a task must stop: the job's signal (cancel, shutdown) or the task's own failure.
+#[derive(Clone)]
+pub struct StopFlag {
+    job: watch::Receiver<bool>,
+    local: Arc<AtomicBool>,
+}
+
+impl StopFlag {
+    pub fn new(job: watch::Receiver<bool>) -> StopFlag {
+        StopFlag {
+            job,
+            local: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.job.borrow() || self.local.load(Ordering::Relaxed)
+    }
+
+    fn set_local(&self) {
+        self.local.store(true, Ordering::Relaxed);
+    }
+
+    /// Sleep `ms`, waking early when the stop is set. Returns whether it was.
+    async fn sleep(&self, ms: u64) -> bool {
+        let mut job = self.job.clone();
+        tokio::select! {
+            biased;
+            _ = job.wait_for(|s| *s) => true,
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => self.is_set(),
+        }
+    }
+}
+
+/// What a copy-task actor needs.
+#[derive(Clone)]
+pub struct CopyRunnerArgs {
+    pub ctx: RestoreContext,
+    pub job_id: JobId,
+    pub task: u32,
+    pub verify: bool,
+    /// The job's file copies in flight (its parallelism), shared by all its tasks.
+    pub permits: Arc<Semaphore>,
+    pub parallelism: usize,
+    pub throttle: Option<Arc<Throttle>>,
+    pub stop: watch::Receiver<bool>,
+    /// Trust a destination that exists with the right size (a resumed task: the previous
+    /// run may have copied files it did not get to record).
+    pub check_existing: bool,
+    pub report: ractor::ActorRef<crate::restore::runner::RunnerMsg>,
+}
+
+pub enum CopyRunnerMsg {
+    Run,
+}
+
+pub struct CopyRunner;
+
+#[ractor::async_trait]
+impl Actor for CopyRunner {
+    type Msg = CopyRunnerMsg;
+    type State = CopyRunnerArgs;
+    type Arguments = CopyRunnerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CopyRunnerMsg>,
+        args: CopyRunnerArgs,
+    ) -> Result<CopyRunnerArgs, ActorProcessingErr> {
+        myself.send_message(CopyRunnerMsg::Run)?;
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CopyRunnerMsg>,
+        _msg: CopyRunnerMsg,
+        args: &mut CopyRunnerArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let outcome = run_task(args).await;
+        let _ = args
+            .report
+            .send_message(crate::restore::runner::RunnerMsg::TaskFinished {
+                task: args.task,
+                outcome,
+            });
+        myself.stop(None);
+        Ok(())
+    }
+}
+
+fn is_transient(e: &Error) -> bool {
+    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict)
+}
+
+/// Record `files` as copied, retrying transient log errors a bounded number of times.
+async fn record(args: &CopyRunnerArgs, stream: &str, files: Vec<u32>) -> Result<(), String> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let cfg = &args.ctx.config;
+    let mut delay_ms = cfg.retry_initial_ms.max(1);
+    for attempt in 1..=cfg.max_attempts_per_file.max(1) {
+        match args
+            .ctx
+            .registry
+            .execute::<CopyTask>(
+                stream,
+                CopyTaskCommand::RecordCopied {
+                    files: files.clone(),
+                },
+                args.job_id,
+            )
+            .await
+        {
+            Ok(_) => {
+                crash_point("restore.after_progress");
+                return Ok(());
+            }
+            Err(e) if is_transient(&e) && attempt < cfg.max_attempts_per_file => {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                delay_ms = (delay_ms * 2).min(cfg.retry_max_ms.max(1));
+            }
+            Err(e) => return Err(format!("cannot record progress: {e}")),
+        }
+    }
+    Err("cannot record progress".into())
+}
+
+/// Copy one item with retries; `Ok(true)` when it was already there.
+async fn copy_with_retries(
+    args: &CopyRunnerArgs,
+    item: &CopyItem,
+    stop: &StopFlag,
+) -> Result<bool, CopyFailure> {
+    let cfg = &args.ctx.config;
+    let store = &*args.ctx.store;
+    if args.check_existing {
+        match store.head(&Path::from(item.dest.key.as_str())).await {
+            Ok(m) if m.size == item.dest.size => return Ok(true),
+            _ => {}
+        }
+    }
+    let mut delay_ms = cfg.retry_initial_ms.max(1);
+    let mut attempt = 1;
+    loop {
+        if stop.is_set() {
+            return Err(CopyFailure::Stopped);
+        }
+        match copy_file(
+            store,
+            item,
+            args.verify,
+            args.throttle.as_deref(),
+            cfg.copy_limits(),
+            stop,
+        )
+        .await
+        {
+            Ok(()) => return Ok(false),
+            Err(CopyFailure::Transient(e)) if attempt < cfg.max_attempts_per_file => {
+                tracing::debug!(job = args.job_id, key = %item.source_key, attempt, error = %e, "copy will retry");
+                if stop.sleep(delay_ms).await {
+                    return Err(CopyFailure::Stopped);
+                }
+                delay_ms = (delay_ms * 2).min(cfg.retry_max_ms.max(1));
+                attempt += 1;
+            }
+            Err(f) => return Err(f),
+        }
+    }
+}
+
+/// Copy every file of the task not yet recorded, record progress, and end the task.
+pub async fn run_task(args: &CopyRunnerArgs) -> TaskOutcome {
+    let stream = copy_task_stream(args.job_id, args.task);
+    let registry = &args.ctx.registry;
+    let loaded = registry
+        .inspect_latest::<CopyTask, _>(&stream, |_, s| {
+            (
+                s.status.clone(),
+                s.failure.clone(),
+                copy_items(&s.segments)
+                    .into_iter()
+                    .filter(|i| !s.is_done(i.ordinal))
+                    .collect::<Vec<_>>(),
+                s.files_done,
+            )
+        })
+        .await;
+    let (status, failure, todo, files_done) = match loaded {
+        Ok(x) => x,
+        Err(e) => return TaskOutcome::Retry(format!("cannot load copy task {}: {e}", args.task)),
+    };
+    match status {
+        Some(CopyTaskStatus::Planned) => {}
+        Some(CopyTaskStatus::Completed) => return TaskOutcome::Done,
+        Some(CopyTaskStatus::Failed) => {
+            let (key, reason) = failure.unwrap_or_default();
+            return TaskOutcome::Failed { key, reason };
+        }
+        None => {
+            return TaskOutcome::Retry(format!("copy task {} is not planned yet", args.task));
+        }
+    }
+    let stop = StopFlag::new(args.stop.clone());
+    let mut me = args.clone();
+    me.check_existing |= files_done > 0;
+    let cfg = &args.ctx.config;
+    let mut batch: Vec<u32> = Vec::new();
+    let mut last_record = tokio::time::Instant::now();
+    let mut failure: Option<(String, String)> = None;
+    let mut retry: Option<String> = None;
+    let mut stopped = false;
+    {
+        let me = &me;
+        let stop_ref = &stop;
+        let mut copies = futures::stream::iter(todo)
+            .map(|item| async move {
+                let Ok(_permit) = me.permits.acquire().await else {
+                    return (item, Err(CopyFailure::Stopped));
+                };
+                let r = copy_with_retries(me, &item, stop_ref).await;
+                (item, r)
+            })
+            .buffer_unordered(args.parallelism.max(1));
+        while let Some((item, r)) = copies.next().await {
+            match r {
+                Ok(_) => batch.push(item.ordinal),
+                Err(CopyFailure::Permanent(reason)) => {
+                    stop.set_local();
+                    if failure.is_none() {
+                        failure = Some((item.source_key.clone(), reason));
+                    }
+                }
+                Err(CopyFailure::Transient(e)) => {
+                    stop.set_local();
+                    retry.get_or_insert(format!("'{}': {e}", item.source_key));
+                }
+                Err(CopyFailure::Stopped) => stopped = true,
+            }
+            let due = batch.len() >= cfg.progress_batch_files.max(1)
+                || last_record.elapsed() >= Duration::from_millis(cfg.progress_batch_ms);
+            if due && !batch.is_empty() {
+                if let Err(e) = record(args, &stream, std::mem::take(&mut batch)).await {
+                    stop.set_local();
+                    retry.get_or_insert(e);
+                }
+                last_record = tokio::time::Instant::now();
+            }
+        }
+    }
+    if let Err(e) = record(args, &stream, batch).await {
+        retry.get_or_insert(e);
+    }
+    if let Some((key, reason)) = failure {
+        let failed = registry
+            .execute::<CopyTask>(
+                &stream,
+                CopyTaskCommand::Fail {
+                    key: key.clone(),
+                    reason: reason.clone(),
+                },
+                args.job_id,
+            )
+            .await;
+        return match failed {
+            Ok(_) => TaskOutcome::Failed { key, reason },
+            Err(e) => TaskOutcome::Retry(format!("cannot record the failure of '{key}': {e}")),
+        };
+    }
+    if let Some(r) = retry {
+        return TaskOutcome::Retry(r);
+    }
+    if stopped || stop.is_set() {
+        return TaskOutcome::Stopped;
+    }
+    match registry
+        .execute::<CopyTask>(&stream, CopyTaskCommand::Complete, args.job_id)
+        .await
+    {
+        Ok(_) => {
+            registry.release(&stream);
+            TaskOutcome::Done
+        }
+        Err(e) => TaskOutcome::Retry(format!("cannot complete copy task {}: {e}", args.task)),
+    }
+}
