@@ -15,6 +15,14 @@ fn main() -> ExitCode {
     if let Ok(point) = std::env::var("SNAPVAULT_CRASH_AT") {
         snapvault_actors::crash_points::arm(&point);
     }
+    // The restore crash test counts the copies a process really made (see
+    // snapvault_actors::copy_audit); only the binary arms it.
+    if let Some(path) = std::env::var_os("SNAPVAULT_COPY_AUDIT")
+        && let Err(e) = snapvault_actors::copy_audit::arm(std::path::Path::new(&path))
+    {
+        eprintln!("error[invalid_argument]: cannot open SNAPVAULT_COPY_AUDIT file: {e}");
+        return ExitCode::from(2);
+    }
     let json = cli::json_requested();
     let result = cli::parse().and_then(|args| {
         cli::init_tracing();

@@ -184,6 +184,15 @@ pub struct RestoreResumeReport {
     pub orphan_leases_released: usize,
 }
 
+/// One restored segment and where each of its files came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredSegment {
+    pub source_segment_id: u64,
+    pub segment_id: u64,
+    /// (source key, destination file) for every data and index file.
+    pub files: Vec<(String, snapvault_events::domain::FileRef)>,
+}
+
 fn job_not_found(job: JobId) -> Error {
     Error::not_found(format!("restore job {job} not found"))
 }
@@ -358,6 +367,39 @@ impl Client {
             }
             tokio::time::sleep(poll).await;
         }
+    }
+
+    /// Which snapshot segment each restored segment of `job` came from, file by file (read
+    /// from the job's copy tasks). The whole plan is returned, so keep it to jobs of a size
+    /// that fits in memory (tests, the demo, audits).
+    pub async fn restore_segments(&self, job: JobId) -> Result<Vec<RestoredSegment>, Error> {
+        let entry = self
+            .restores
+            .index
+            .get(job)
+            .await?
+            .ok_or_else(|| job_not_found(job))?;
+        let mut out = Vec::new();
+        for t in &entry.state.tasks {
+            let stream = snapvault_events::domain::restore::copy_task_stream(job, t.task);
+            let segments = self
+                .registry
+                .inspect_latest::<snapvault_actors::restore::CopyTask, _>(&stream, |_, s| {
+                    s.segments.clone()
+                })
+                .await?;
+            self.registry.release(&stream);
+            for p in &segments {
+                let items =
+                    snapvault_actors::restore::copy_task::copy_items(std::slice::from_ref(p));
+                out.push(RestoredSegment {
+                    source_segment_id: p.source_segment_id,
+                    segment_id: p.segment.segment_id,
+                    files: items.into_iter().map(|i| (i.source_key, i.dest)).collect(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn clock_ms(&self) -> u64 {

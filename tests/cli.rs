@@ -361,11 +361,19 @@ fn demo_runs_on_a_fresh_directory_and_again() {
         Some(20)
     );
     assert_eq!(report["verified"]["files"], 8);
+    assert_eq!(report["restore"]["job"]["status"], "completed");
+    assert_eq!(report["restore"]["files_compared"], 8);
+    assert_eq!(report["gc"]["snapshot_only_files"], 8);
+    assert_eq!(
+        report["gc"]["after_drop"]["reclaimed"]["dropped_files"]["objects"],
+        8
+    );
+    assert_eq!(report["gc"]["restored_files_verified"], 8);
     let list = json(d, &["collection", "list"]);
     assert_eq!(
         list.as_array().map(Vec::len),
-        Some(2),
-        "each run makes its own collection"
+        Some(4),
+        "each run makes its own collection and its restored copy"
     );
 }
 

@@ -3,6 +3,7 @@
 
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStoreExt, PutPayload};
+use snapvault::NodeParts;
 use snapvault::client::CreateCollectionRequest;
 use snapvault::host;
 use snapvault::snapshots::CreateSnapshotRequest;
@@ -15,9 +16,61 @@ use snapvault_events::domain::collection::{
 };
 use snapvault_events::domain::gc::GcCategory;
 use snapvault_events::domain::{FileRef, collection_stream};
+use snapvault_events::{Appended, Envelope, EventLog, LogError, NewEvent, SledLog, SystemClock};
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A log whose global page reads (what projections catch up with) wait for a permit after
+/// the first page, so a test can ask GC something while its index is surely still loading.
+struct GatedLog {
+    inner: Arc<dyn EventLog>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl EventLog for GatedLog {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, LogError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<Envelope>, LogError> {
+        self.inner
+            .read_stream(stream, from_version, max_count)
+            .await
+    }
+    async fn stream_version(&self, stream: &str) -> Result<u64, LogError> {
+        self.inner.stream_version(stream).await
+    }
+    async fn read_all(
+        &self,
+        from_position: u64,
+        max_count: usize,
+    ) -> Result<Vec<Envelope>, LogError> {
+        // Pages only: a one-record read (the checkpoint's check against the log) passes.
+        if from_position > 1 && max_count > 1 {
+            let permit = self.gate.acquire().await;
+            drop(permit);
+        }
+        self.inner.read_all(from_position, max_count).await
+    }
+    async fn head(&self) -> Result<u64, LogError> {
+        self.inner.head().await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watch_head()
+    }
+}
 
 fn config(dir: &Path) -> NodeConfig {
     let mut c = NodeConfig::embedded(dir);
@@ -290,7 +343,7 @@ async fn a_pending_snapshot_pin_protects_its_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_reclaimed_before_the_ref_index_is_loaded() {
     let dir = tempfile::tempdir().unwrap();
-    let events: u64 = 200_000;
+    let events: u64 = 1_000_000;
     let (dead_key, live_key);
     {
         let node = started(dir.path()).await;
@@ -322,10 +375,42 @@ async fn nothing_is_reclaimed_before_the_ref_index_is_loaded() {
         }
         node.shutdown().await;
     }
-    let node = Node::start(config(dir.path())).await.unwrap();
+    // Hold every projection's catch-up read at the gate: the GC is asked at once, while its
+    // index is (deterministically) still behind the head, then the gate opens.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let inner: Arc<dyn EventLog> =
+        Arc::new(SledLog::open(&dir.path().join("log"), Arc::new(SystemClock)).unwrap());
+    let log: Arc<dyn EventLog> = Arc::new(GatedLog {
+        inner,
+        gate: gate.clone(),
+    });
+    let store = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(dir.path().join("objects")).unwrap(),
+    );
+    let cfg = config(dir.path());
+    let node = Node::start_with(
+        NodeParts {
+            log,
+            store,
+            clock: Arc::new(SystemClock),
+        },
+        cfg.registry,
+        cfg.id_block_size,
+        snapvault::node::NodeLimits {
+            snapshot: cfg.snapshot,
+            gc: cfg.gc,
+            restore: cfg.restore,
+        },
+    )
+    .await
+    .unwrap();
     let c = node.client();
     let r = c.gc_run(now_options()).await.unwrap();
-    assert!(!r.loaded, "the index cannot be loaded this fast: {r:?}");
+    gate.add_permits(usize::MAX >> 4);
+    assert!(
+        !r.loaded,
+        "the index cannot be loaded behind the gate: {r:?}"
+    );
     let reason = r.not_loaded_reason.clone().unwrap();
     assert!(
         reason.starts_with("ref index not loaded (at position"),

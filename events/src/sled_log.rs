@@ -189,11 +189,12 @@ impl SledLog {
     ///   would silently forget them, so open fails with `Corrupt` naming position `L+1`; the
     ///   operator restores the directory from a backup.
     pub fn open(path: &Path, clock: SharedClock) -> Result<SledLog, LogError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .open()
-            .map_err(|e| open_error(path, e))?;
+        let db = open_db(path, || {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(CACHE_CAPACITY_BYTES)
+                .open()
+        })?;
         let tree = db
             .open_tree(TREE_NAME)
             .map_err(|e| sled_error(path, "open tree", e))?;
@@ -260,6 +261,34 @@ impl SledLog {
                     self.inner.path.display()
                 ))
             })?
+    }
+}
+
+/// How long `open` waits for the directory's lock. sled lets go of it only when its
+/// background flusher of a just-dropped handle has exited, a few milliseconds after the drop,
+/// so a reopen in the same process (a node restarted in place, a test) briefly finds it held.
+const LOCK_WAIT_MS: u64 = 1_000;
+const LOCK_POLL_MS: u64 = 10;
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Open with `open`, waiting up to `LOCK_WAIT_MS` for the directory's lock.
+pub(crate) fn open_db(
+    path: &Path,
+    open: impl Fn() -> sled::Result<sled::Db>,
+) -> Result<sled::Db, LogError> {
+    let mut waited_ms = 0;
+    loop {
+        match open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_error(&e) && waited_ms < LOCK_WAIT_MS => {
+                std::thread::sleep(std::time::Duration::from_millis(LOCK_POLL_MS));
+                waited_ms += LOCK_POLL_MS;
+            }
+            Err(e) => return Err(open_error(path, e)),
+        }
     }
 }
 
@@ -743,7 +772,7 @@ mod tests {
     }
 
     fn raw_tree(dir: &Path) -> (sled::Db, sled::Tree) {
-        let db = sled::open(dir).unwrap();
+        let db = open_db(dir, || sled::open(dir)).unwrap();
         let tree = db.open_tree(TREE_NAME).unwrap();
         (db, tree)
     }

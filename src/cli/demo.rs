@@ -3,8 +3,13 @@
 //! verify every live file against the object store, snapshot the collection (`nightly`), let
 //! the host move on (ingest more, compact again, so the snapshot's segments are no longer
 //! live), then describe the snapshot and verify it — its files are all still there with the
-//! recorded crc32c. Later issues add restore and GC as further steps: each step is one function
-//! below, called in order from [`run`], and records what it did in [`DemoReport`].
+//! recorded crc32c. Then it restores the snapshot into a new collection as a tracked job
+//! (progress lines while it copies), checks every restored file byte for byte against the
+//! snapshot's source file, and runs GC twice: while the snapshot exists GC keeps the files
+//! the host compacted away (the snapshot needs them); after the snapshot is dropped GC
+//! reclaims them, the restored collection still verifies, and a dry run finds nothing left.
+//! Each step is one function below, called in order from [`run`], and records what it did in
+//! [`DemoReport`].
 
 use super::Ctx;
 use super::compact::{self, CompactReport};
@@ -12,11 +17,15 @@ use super::ingest::{self, IngestPlan, IngestReport};
 use super::output::{bytes, plural};
 use serde::Serialize;
 use snapvault::client::CreateCollectionRequest;
+use snapvault::restores::{RestoreView, StartRestoreRequest};
 use snapvault::snapshots::{CreateSnapshotRequest, SnapshotView};
 use snapvault::views::{CollectionView, Totals};
 use snapvault::{Client, Error, host};
+use snapvault_actors::gc::{GcReport, GcRunOptions};
 use snapvault_actors::snapshot::manifest;
 use snapvault_events::domain::collection::DEFAULT_PARTITION;
+use snapvault_events::domain::restore::{RestoreOptions, RestoreStatus};
+use std::time::Duration;
 
 /// The demo's workload: 20 segments × 4 files × 64 KiB over 2 shards (5 MiB).
 const SHARDS: u32 = 2;
@@ -39,7 +48,29 @@ pub struct DemoReport {
     pub snapshot: DemoSnapshot,
     /// What the host did after the snapshot: the live collection no longer matches it.
     pub after_snapshot: AfterSnapshot,
+    pub restore: DemoRestore,
+    pub gc: DemoGc,
     pub totals: Totals,
+}
+
+/// The restore of the snapshot and its byte-for-byte check.
+#[derive(Debug, Serialize)]
+pub struct DemoRestore {
+    pub job: RestoreView,
+    pub collection: String,
+    pub files_compared: u64,
+    pub bytes_compared: u64,
+}
+
+/// GC with the snapshot (keeps its files), after dropping it (reclaims them), and a dry run.
+#[derive(Debug, Serialize)]
+pub struct DemoGc {
+    /// Files the snapshot holds that are no longer live (compacted away): GC must keep them.
+    pub snapshot_only_files: u64,
+    pub with_snapshot: GcReport,
+    pub after_drop: GcReport,
+    pub dry_run_after: GcReport,
+    pub restored_files_verified: u64,
 }
 
 /// The snapshot as `describe` and `verify` saw it, after the collection moved on.
@@ -158,6 +189,16 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
         plural(checked.checked_files, "file")
     ));
 
+    let restore = restore(client, &name, &mut steps).await?;
+    steps.done(&format!(
+        "restored snapshot '{SNAPSHOT}' into '{}' (job {}): {} copied, every one byte for byte equal to its source",
+        restore.collection,
+        restore.job.job_id,
+        plural(restore.files_compared, "file"),
+    ));
+
+    let gc = gc(client, &name, &restore.collection, &mut steps).await?;
+
     let snapshot = DemoSnapshot {
         name: described.name.clone(),
         id: described.id,
@@ -179,17 +220,22 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
         verified,
         snapshot,
         after_snapshot: after,
+        restore,
+        gc,
         totals: view.totals,
     };
     ctx.out.emit(&report, || {
         let s = &report.snapshot;
         format!(
             "\ncollection '{name}' now: {}, {}, {}, {} rows\n\
-             snapshot '{SNAPSHOT}' (id {}): {}, {}, {}, {} rows, verified ok\n\
+             snapshot '{SNAPSHOT}' (id {}): {}, {}, {}, {} rows, verified ok, restored, then dropped\n\
+             restored collection '{restored}': restore job {job}; GC reclaimed {reclaimed} after the drop\n\
              data directory: {}\n\
              see them with:\n  \
              {prog} --data {data} collection describe {name}\n  \
-             {prog} --data {data} snapshot describe {name} {SNAPSHOT}",
+             {prog} --data {data} collection describe {restored}\n  \
+             {prog} --data {data} restore status {job}\n  \
+             {prog} --data {data} gc status",
             plural(view.totals.segments as u64, "live segment"),
             plural(view.totals.files, "file"),
             bytes(view.totals.bytes),
@@ -202,6 +248,9 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
             ctx.data.display(),
             prog = program(),
             data = ctx.data.display(),
+            restored = report.restore.collection,
+            job = report.restore.job.job_id,
+            reclaimed = plural(report.gc.after_drop.total().objects, "object"),
         )
     })
 }
@@ -308,4 +357,158 @@ async fn snapshot_segments(client: &Client, s: &SnapshotView) -> Result<Vec<u64>
     }
     ids.sort_unstable();
     Ok(ids)
+}
+
+/// Restore the snapshot into `<name>_restored`, showing progress, then compare every restored
+/// file with the snapshot's file it was copied from, byte for byte.
+async fn restore(client: &Client, name: &str, steps: &mut Steps<'_>) -> Result<DemoRestore, Error> {
+    let target = format!("{name}_restored");
+    let started = client
+        .start_restore(StartRestoreRequest {
+            snapshot_collection: name.to_string(),
+            snapshot: SNAPSHOT.to_string(),
+            target: target.clone(),
+            options: RestoreOptions::default(),
+        })
+        .await?;
+    steps.done(&format!(
+        "started restore job {} of '{SNAPSHOT}' into '{target}'",
+        started.job_id
+    ));
+    let mut last_percent = -1.0;
+    let out = steps.ctx.out;
+    let job = client
+        .wait_restore(started.job_id, Duration::from_millis(50), None, |v| {
+            if v.percent >= last_percent + 25.0 || v.status.is_terminal() {
+                last_percent = v.percent;
+                out.say(&format!("    {}", super::restore::progress_line(v)));
+            }
+        })
+        .await?;
+    if job.status != RestoreStatus::Completed {
+        return Err(Error::internal(format!(
+            "the demo's restore job {} ended {}: {}",
+            job.job_id,
+            job.status.as_str(),
+            job.failure.clone().unwrap_or_default()
+        )));
+    }
+    let mut files_compared = 0u64;
+    let mut bytes_compared = 0u64;
+    for seg in client.restore_segments(job.job_id).await? {
+        for (source_key, dest) in &seg.files {
+            let restored = host::read_file(client.store().as_ref(), &dest.key).await?;
+            let original = host::read_file(client.store().as_ref(), source_key).await?;
+            if restored != original || crc32c::crc32c(&restored) != dest.crc32c {
+                return Err(Error::internal(format!(
+                    "restored '{}' differs from its source '{source_key}'",
+                    dest.key
+                )));
+            }
+            files_compared += 1;
+            bytes_compared += dest.size;
+        }
+    }
+    if files_compared != job.totals.files {
+        return Err(Error::internal(format!(
+            "the restore copied {} files but {files_compared} were compared",
+            job.totals.files
+        )));
+    }
+    Ok(DemoRestore {
+        job,
+        collection: target,
+        files_compared,
+        bytes_compared,
+    })
+}
+
+/// GC now (no retention, no orphan window: the demo's data directory has nothing in flight).
+fn reclaim_now(dry_run: bool) -> GcRunOptions {
+    GcRunOptions {
+        dry_run,
+        dropped_retention_ms: Some(0),
+        orphan_window_ms: Some(0),
+    }
+}
+
+/// GC keeps what the snapshot holds, reclaims it once the snapshot is dropped, and then
+/// finds nothing more; the restored collection is untouched throughout.
+async fn gc(
+    client: &Client,
+    name: &str,
+    restored: &str,
+    steps: &mut Steps<'_>,
+) -> Result<DemoGc, Error> {
+    let described = client.describe_snapshot(name, SNAPSHOT).await?;
+    let live = client.describe_collection(name).await?;
+    let live_keys: std::collections::BTreeSet<String> = live
+        .segments
+        .iter()
+        .flat_map(|s| s.files.iter().map(|f| f.key.clone()))
+        .collect();
+    let mut snapshot_only = Vec::new();
+    for n in 0..described.manifests {
+        let key = manifest::manifest_key(described.collection_id, described.id, n);
+        let bytes = host::read_file(client.store().as_ref(), &key).await?;
+        for seg in manifest::decode_manifest(&bytes)? {
+            snapshot_only.extend(
+                seg.files
+                    .into_iter()
+                    .map(|f| f.key)
+                    .filter(|k| !live_keys.contains(k)),
+            );
+        }
+    }
+    let with_snapshot = client.gc_run(reclaim_now(false)).await?;
+    for key in &snapshot_only {
+        host::read_file(client.store().as_ref(), key)
+            .await
+            .map_err(|e| {
+                Error::internal(format!("GC deleted '{key}', which the snapshot holds: {e}"))
+            })?;
+    }
+    steps.done(&format!(
+        "GC with the snapshot: reclaimed {}, kept all {} the host compacted away that the snapshot holds",
+        plural(with_snapshot.total().objects, "object"),
+        plural(snapshot_only.len() as u64, "file")
+    ));
+    client.drop_snapshot(name, SNAPSHOT).await?;
+    let after_drop = client.gc_run(reclaim_now(false)).await?;
+    let mut gone = 0u64;
+    for key in &snapshot_only {
+        if host::read_file(client.store().as_ref(), key).await.is_err() {
+            gone += 1;
+        }
+    }
+    if gone != snapshot_only.len() as u64 {
+        return Err(Error::internal(format!(
+            "GC left {} of the {} files only the dropped snapshot held",
+            snapshot_only.len() as u64 - gone,
+            snapshot_only.len()
+        )));
+    }
+    let restored_view = client.describe_collection(restored).await?;
+    let restored_files_verified = verify(client, &restored_view).await?.files;
+    steps.done(&format!(
+        "dropped snapshot '{SNAPSHOT}'; GC reclaimed {} ({}), the restored collection still verifies ({})",
+        plural(after_drop.total().objects, "object"),
+        bytes(after_drop.total().bytes),
+        plural(restored_files_verified, "file")
+    ));
+    let dry_run_after = client.gc_run(reclaim_now(true)).await?;
+    if dry_run_after.total().objects != 0 {
+        return Err(Error::internal(format!(
+            "a GC dry run after the sweep still finds {} to reclaim",
+            plural(dry_run_after.total().objects, "object")
+        )));
+    }
+    steps.done("GC dry run: nothing more to reclaim");
+    Ok(DemoGc {
+        snapshot_only_files: snapshot_only.len() as u64,
+        with_snapshot,
+        after_drop,
+        dry_run_after,
+        restored_files_verified,
+    })
 }

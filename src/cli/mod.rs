@@ -13,6 +13,7 @@ pub mod gc;
 pub mod index;
 pub mod ingest;
 pub mod output;
+pub mod restore;
 pub mod serve;
 pub mod snapshot;
 
@@ -68,6 +69,10 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Act as the host database: merge segments' files and record the compaction.
     Compact(CompactArgs),
+    /// Restore a snapshot into a new collection, as a tracked job: start, status, list,
+    /// cancel, wait.
+    #[command(subcommand)]
+    Restore(restore::RestoreCmd),
     /// Garbage collection: reclaim dropped files, dropped snapshots, failed restores, orphans.
     #[command(subcommand)]
     Gc(GcCmd),
@@ -356,6 +361,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Index(i) => index::index(ctx, i).await,
         Command::Segment(s) => index::segment(ctx, s).await,
         Command::Snapshot(s) => snapshot::run(ctx, s).await,
+        Command::Restore(r) => restore::run(ctx, r).await,
         Command::Ingest(args) => ingest::run(ctx, args).await,
         Command::Compact(args) => compact::run(ctx, args).await,
         Command::Gc(GcCmd::Run {
@@ -439,6 +445,7 @@ fn check_args(command: &Command) -> Result<(), Error> {
             parse_segment_id(id).map(|_| ())
         }
         Command::Snapshot(s) => snapshot::check_args(s),
+        Command::Restore(r) => restore::check_args(r),
         Command::Ingest(a) => {
             collection(&a.collection)?;
             partition(&a.partition)?;

@@ -155,7 +155,7 @@ impl CollectionState {
         }
         check_files(&format!("segment {}", seg.segment_id), &seg.files)?;
         for i in &seg.indexes {
-            if !self.indexes.get(&i.index_id).is_some_and(|x| !x.dropped) {
+            if self.indexes.get(&i.index_id).is_none_or(|x| x.dropped) {
                 return Err(Error::invalid_argument(format!(
                     "restored segment {} has a build of index {}, which collection '{}' does not declare",
                     seg.segment_id, i.index_id, self.name

@@ -245,6 +245,153 @@ fn restoring_collection_refuses_host_writes() {
     );
 }
 
+fn restoring(job: u64) -> Vec<CollectionEvent> {
+    let mut cmd = create("r", 2, &["p1"]);
+    if let CollectionCommand::Create(c) = &mut cmd {
+        c.restoring_job = Some(job);
+        c.indexes = vec![NewIndex {
+            name: "ivf".into(),
+            field: "v".into(),
+            params_json: "{}".into(),
+        }];
+    }
+    given_when::<Collection>(&[], cmd, 0).0.unwrap()
+}
+
+fn restored(id: u64, partition: u64, index: Option<u64>) -> SegmentRecord {
+    SegmentRecord {
+        segment_id: id,
+        partition_id: partition,
+        shard: 1,
+        rows: 5,
+        level: 2,
+        files: files(&format!("r{id}"), 2),
+        indexes: index
+            .map(|index_id| IndexFiles {
+                index_id,
+                build_id: id + 1,
+                files: files(&format!("r{id}/idx"), 1),
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn stage(job: u64, segments: Vec<SegmentRecord>) -> CollectionCommand {
+    CollectionCommand::StageRestoredSegments {
+        job_id: job,
+        segments,
+    }
+}
+
+#[test]
+fn a_restore_target_declares_its_indexes_at_creation() {
+    let given = restoring(77);
+    let state = Collection::replay(&given);
+    assert_eq!(state.index_by_name("ivf").map(|(id, _)| id), Some(1));
+    assert_eq!(given.len(), 2, "Created + IndexCreated");
+}
+
+#[test]
+fn only_its_job_stages_segments_and_a_repeat_is_a_no_op() {
+    let mut given = restoring(77);
+    let seg = restored(10, 2, Some(1));
+    assert_eq!(
+        code(&given, stage(78, vec![seg.clone()])),
+        ErrorCode::FailedPrecondition
+    );
+    apply(&mut given, stage(77, vec![seg.clone()]));
+    let (again, _) = given_when::<Collection>(&given, stage(77, vec![seg.clone()]), 0);
+    assert_eq!(again.unwrap(), vec![], "a resumed commit repeats nothing");
+    let mut other = seg.clone();
+    other.rows = 6;
+    assert_eq!(
+        code(&given, stage(77, vec![other])),
+        ErrorCode::AlreadyExists
+    );
+    // Staged segments are recorded, but the host still cannot write.
+    assert_eq!(
+        code(&given, flush(99, "_default", 0)),
+        ErrorCode::FailedPrecondition
+    );
+}
+
+#[test]
+fn staged_segments_must_fit_the_target() {
+    let given = restoring(77);
+    assert_eq!(
+        code(&given, stage(77, vec![restored(10, 9, None)])),
+        ErrorCode::InvalidArgument,
+        "unknown partition"
+    );
+    assert_eq!(
+        code(&given, stage(77, vec![restored(10, 1, Some(5))])),
+        ErrorCode::InvalidArgument,
+        "undeclared index"
+    );
+    let mut bad_shard = restored(10, 1, None);
+    bad_shard.shard = 2;
+    assert_eq!(
+        code(&given, stage(77, vec![bad_shard])),
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[test]
+fn complete_restore_makes_every_staged_segment_live_at_once() {
+    let mut given = restoring(77);
+    apply(
+        &mut given,
+        stage(77, vec![restored(10, 1, None), restored(12, 2, Some(1))]),
+    );
+    apply(
+        &mut given,
+        CollectionCommand::CompleteRestore { job_id: 77 },
+    );
+    let state = Collection::replay(&given);
+    assert_eq!(state.status, Some(CollectionStatus::Ready));
+    assert_eq!(state.segments.len(), 2);
+    let (again, _) =
+        given_when::<Collection>(&given, CollectionCommand::CompleteRestore { job_id: 77 }, 0);
+    assert_eq!(again.unwrap(), vec![]);
+    // Now it is the host's collection: no more staging, no abandoning.
+    assert_eq!(
+        code(&given, stage(77, vec![restored(14, 1, None)])),
+        ErrorCode::FailedPrecondition
+    );
+    assert_eq!(
+        code(&given, CollectionCommand::AbandonRestore { job_id: 77 }),
+        ErrorCode::FailedPrecondition
+    );
+    apply(&mut given, flush(99, "_default", 0));
+}
+
+#[test]
+fn the_host_cannot_drop_a_restoring_collection_but_its_job_can_abandon_it() {
+    let mut given = restoring(77);
+    assert_eq!(
+        code(&given, CollectionCommand::Drop),
+        ErrorCode::FailedPrecondition
+    );
+    assert_eq!(
+        code(&given, CollectionCommand::AbandonRestore { job_id: 5 }),
+        ErrorCode::FailedPrecondition
+    );
+    apply(&mut given, CollectionCommand::AbandonRestore { job_id: 77 });
+    let state = Collection::replay(&given);
+    assert_eq!(state.status, Some(CollectionStatus::Dropped));
+    let (again, _) =
+        given_when::<Collection>(&given, CollectionCommand::AbandonRestore { job_id: 77 }, 0);
+    assert_eq!(again.unwrap(), vec![]);
+    let (never, _) =
+        given_when::<Collection>(&[], CollectionCommand::AbandonRestore { job_id: 77 }, 0);
+    assert_eq!(
+        never.unwrap(),
+        vec![],
+        "nothing to abandon when it was never created"
+    );
+}
+
 #[test]
 fn replay_is_deterministic() {
     let mut given = vec![created()];

@@ -78,6 +78,7 @@ pub async fn copy_file(
         if let Some(t) = throttle {
             t.take(want.size).await;
         }
+        record_copy(&want.key);
         match store.copy(&src, &dst).await {
             Ok(()) => {}
             Err(object_store::Error::NotFound { .. }) => {
@@ -85,7 +86,6 @@ pub async fn copy_file(
             }
             Err(e) => return Err(transient(&item.source_key, e)),
         }
-        record_copy(&want.key);
         return check_size(store, &dst, &want.key, want.size, true).await;
     }
     let got = match store.get(&src).await {
@@ -119,11 +119,13 @@ pub async fn copy_file(
             buf.extend_from_slice(&chunk);
         }
         check_source(seen, crc, want)?;
+        record_copy(&want.key);
         store
             .put(&dst, PutPayload::from_bytes(buf.freeze()))
             .await
             .map_err(|e| transient(&want.key, e))?;
     } else {
+        record_copy(&want.key);
         let upload = store
             .put_multipart(&dst)
             .await
@@ -158,7 +160,6 @@ pub async fn copy_file(
         }
         w.finish().await.map_err(|e| transient(&want.key, e))?;
     }
-    record_copy(&want.key);
     check_size(store, &dst, &want.key, want.size, false).await
 }
 

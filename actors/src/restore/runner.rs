@@ -224,9 +224,16 @@ impl RunnerState {
                         self.advanced_ok();
                         let _ = myself.send_message(RunnerMsg::Advance);
                     }
-                    Err(e) => {
+                    Err(e) if is_transient(&e) => {
                         // A rollback never gives up: it is what leaves nothing behind.
                         tracing::info!(job = self.job_id, error = %e, "rollback will retry");
+                        self.schedule_advance(myself);
+                    }
+                    Err(e) => {
+                        // Not something time fixes (a bug guard fired): say so loudly, keep
+                        // the job as it is for an operator, and try again much later.
+                        tracing::error!(job = self.job_id, error = %e, "restore rollback refused");
+                        self.backoff_ms = self.ctx.config.retry_max_ms.max(1);
                         self.schedule_advance(myself);
                     }
                 }

@@ -435,6 +435,14 @@ async fn task_state(ctx: &RestoreContext, job: u64, task: u32) -> Result<CopyTas
 pub async fn commit(ctx: &RestoreContext, job: &RestoreJobState) -> Result<(), Error> {
     let request = request_of(job)?;
     let target = collection_stream(request.target_collection_id);
+    let state = target_state(ctx, request.target_collection_id).await?;
+    let already_ready = state.status == Some(CollectionStatus::Ready)
+        && state.restoring_job == Some(request.job_id);
+    if already_ready {
+        // A crash after the target became Ready: only the lease and the job's end are left.
+        release_lease(ctx, request.snapshot_id, request.job_id).await?;
+        return job_command(ctx, request.job_id, RestoreCommand::Complete).await;
+    }
     for summary in &job.tasks {
         let task = task_state(ctx, request.job_id, summary.task).await?;
         if task.status != Some(CopyTaskStatus::Completed) {
