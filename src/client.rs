@@ -137,6 +137,17 @@ impl Client {
         request: CreateCollectionRequest,
         restoring_job: Option<u64>,
     ) -> Result<CollectionView, Error> {
+        self.create_collection_full(request, restoring_job, None)
+            .await
+    }
+
+    /// Create a collection, possibly external (`external.rs`) or restoring.
+    pub(crate) async fn create_collection_full(
+        &self,
+        request: CreateCollectionRequest,
+        restoring_job: Option<u64>,
+        external: Option<snapvault_events::domain::external::ExternalConfig>,
+    ) -> Result<CollectionView, Error> {
         validate_name("collection name", &request.name)?;
         // Fast path: a name held by a live collection is refused before anything is written.
         let stale = match self.catalog_entry(&request.name).await? {
@@ -168,6 +179,7 @@ impl Client {
             properties: request.properties.clone(),
             partitions: request.partitions.clone(),
             restoring_job,
+            external,
         };
         // Validate fully before allocating an id or writing anything.
         <Collection as snapvault_actors::Aggregate>::decide(

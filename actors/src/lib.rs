@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod collection;
 pub mod crash_points;
 pub mod entity;
+pub mod external;
 pub mod gc;
 pub mod registry;
 pub mod snapshot;

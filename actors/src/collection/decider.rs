@@ -58,6 +58,8 @@ pub struct CollectionState {
     pub next_index_id: IndexId,
     /// Snapshots pinned on this collection and not released, by id.
     pub pins: BTreeMap<SnapshotId, String>,
+    /// Set for an external collection (`external.rs`).
+    pub external: Option<super::external::ExternalState>,
 }
 
 impl CollectionState {
@@ -96,7 +98,7 @@ impl CollectionState {
         (files, bytes)
     }
 
-    fn require_live(&self) -> Result<(), Error> {
+    pub(crate) fn require_live(&self) -> Result<(), Error> {
         if !self.exists {
             return Err(Error::not_found("collection not found"));
         }
@@ -283,6 +285,10 @@ impl Aggregate for Collection {
     ) -> Result<Vec<CollectionEvent>, Error> {
         use CollectionCommand as C;
         use CollectionEvent as E;
+        if let Some(out) = super::external::decide(s, command, now_ms) {
+            return out;
+        }
+        super::external::refuse_host_write(s, command)?;
         match command {
             C::Create(c) => {
                 if s.exists {
@@ -292,6 +298,7 @@ impl Aggregate for Collection {
                     )));
                 }
                 let partitions = check_create(c)?;
+                super::external::check_create(c)?;
                 Ok(vec![E::Created {
                     collection_id: c.collection_id,
                     name: c.name.clone(),
@@ -306,6 +313,7 @@ impl Aggregate for Collection {
                     },
                     restoring_job: c.restoring_job,
                     created_ms: now_ms,
+                    external: c.external.clone(),
                 }])
             }
             C::Drop => {
@@ -546,6 +554,12 @@ impl Aggregate for Collection {
                     Ok(vec![])
                 }
             }
+            C::AlterExternal { .. }
+            | C::BeginExternalTask { .. }
+            | C::EndExternalTask { .. }
+            | C::CommitExternalRefresh(_) => Err(Error::internal(
+                "external commands are decided in collection::external",
+            )),
         }
     }
 
@@ -562,8 +576,10 @@ impl Aggregate for Collection {
                 status,
                 restoring_job,
                 created_ms,
+                external,
             } => {
                 s.exists = true;
+                s.external = super::external::created(external);
                 s.created_ms = *created_ms;
                 s.collection_id = *collection_id;
                 s.name = name.clone();
@@ -674,6 +690,12 @@ impl Aggregate for Collection {
             }
             E::SnapshotUnpinned { snapshot_id } => {
                 s.pins.remove(snapshot_id);
+            }
+            E::ExternalAltered { .. }
+            | E::ExternalTaskStarted { .. }
+            | E::ExternalTaskEnded { .. }
+            | E::ExternalRefreshed { .. } => {
+                super::external::evolve(s, event);
             }
         }
     }

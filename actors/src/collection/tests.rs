@@ -21,6 +21,7 @@ fn create(name: &str, shards: u32, partitions: &[&str]) -> CollectionCommand {
         properties: BTreeMap::new(),
         partitions: partitions.iter().map(|p| p.to_string()).collect(),
         restoring_job: None,
+        external: None,
     })
 }
 
