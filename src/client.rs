@@ -43,6 +43,7 @@ pub struct Client {
     pub(crate) snapshots: SnapshotIndex,
     pub(crate) snapshot_worker: SnapshotWorker,
     pub(crate) gc: Gc,
+    pub(crate) external: crate::external::ExternalRuntime,
 }
 
 impl Client {
@@ -53,6 +54,7 @@ impl Client {
         snapshots: SnapshotIndex,
         snapshot_worker: SnapshotWorker,
         gc: Gc,
+        external: crate::external::ExternalRuntime,
     ) -> Self {
         Client {
             registry,
@@ -61,6 +63,7 @@ impl Client {
             snapshots,
             snapshot_worker,
             gc,
+            external,
         }
     }
 

@@ -9,8 +9,10 @@
 
 pub mod client;
 pub mod config;
+pub mod external;
 pub mod gc;
 pub mod host;
+pub mod lake;
 pub mod node;
 pub mod snapshots;
 pub mod views;

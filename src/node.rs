@@ -97,6 +97,19 @@ impl Node {
             config: gc,
         })
         .await?;
+        // External refresh tasks: sources are local directories or prefixes of this store.
+        let external = crate::external::ExternalRuntime::new(
+            snapvault_actors::external::worker::ExternalWorker {
+                registry: registry.clone(),
+                store: parts.store.clone(),
+                sources: Arc::new(snapvault_actors::external::source::DefaultSources {
+                    own: parts.store.clone(),
+                }),
+                ids: ids.clone(),
+                clock: parts.clock.clone(),
+                config: Default::default(),
+            },
+        );
         let client = Client::new(
             registry.clone(),
             ids,
@@ -104,12 +117,17 @@ impl Node {
             snapshots,
             worker,
             gc,
+            external,
         );
         // Finish what a previous process left unfinished (pending creates, drops, pins).
         let resumer = client.clone();
         let resume = tokio::spawn(async move {
             if let Err(e) = resumer.resume_unfinished().await {
                 tracing::warn!(error = %e, "resuming unfinished work failed; it is retried at the next start");
+            }
+            // Unfinished external refresh tasks: exactly one active per collection, resumed.
+            if let Err(e) = resumer.resume_external().await {
+                tracing::warn!(error = %e, "resuming external tasks failed; it is retried at the next start");
             }
         });
         Ok(Node {
@@ -133,6 +151,10 @@ impl Node {
         {
             resume.abort();
         }
+        self.client
+            .external
+            .shutdown(RESUME_WAIT_ON_SHUTDOWN)
+            .await;
         self.client.snapshots.stop().await;
         self.client.gc.stop().await;
         self.registry.shutdown().await;
