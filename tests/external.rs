@@ -324,3 +324,70 @@ async fn failures_end_failed_with_the_key_and_change_nothing() {
     assert_eq!(c.describe_collection("bad").await.unwrap_err().code, ErrorCode::NotFound);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_captures_source_spec_and_fragment_mapping_and_survives_gc() {
+    use snapvault::snapshots::CreateSnapshotRequest;
+    use snapvault_actors::external::restore::{snapshot_external_config, snapshot_fragment_lists};
+    use snapvault_actors::snapshot::manifest;
+    let data = tempfile::tempdir().unwrap();
+    let lake_dir = tempfile::tempdir().unwrap();
+    for i in 0..4u64 {
+        lake::write_local(&lake_dir.path().join(format!("p{i}.parquet")), i, 10).unwrap();
+    }
+    let node = start(data.path()).await;
+    let c = node.client();
+    let source = format!("file://{}/", lake_dir.path().display());
+    let id = create(&node, "snap", &source, 10).await;
+    assert_eq!(refresh(&node, "snap").await.status, "committed");
+    let before = mapping(&node, id).await;
+    let snap = c
+        .create_snapshot(CreateSnapshotRequest {
+            collection: "snap".into(),
+            name: "s1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let view = c.describe_snapshot("snap", "s1").await.unwrap();
+    assert_eq!(view.format_version, Some(2));
+    // Rewrite every fragment, refresh (all segments replaced), GC with no retention.
+    for i in 0..4u64 {
+        lake::write_local(&lake_dir.path().join(format!("p{i}.parquet")), 100 + i, 20).unwrap();
+    }
+    let t = refresh(&node, "snap").await;
+    assert_eq!(t.counts.unwrap().dropped, 4);
+    c.gc_run(snapvault_actors::gc::GcRunOptions {
+        dry_run: false,
+        dropped_retention_ms: Some(0),
+        orphan_window_ms: Some(0),
+    })
+    .await
+    .unwrap();
+    let report = c.verify_snapshot("snap", "s1").await.unwrap();
+    assert!(report.ok, "{report:?}");
+    // What a restore reads: the config and every segment's fragments, as at the snapshot.
+    let s = c.find_snapshot("snap", "s1").await.unwrap();
+    let bytes = snapvault_actors::snapshot::worker::get_object(&**c.store(), &s.metadata_key)
+        .await
+        .unwrap();
+    let meta = manifest::decode_metadata(&bytes).unwrap();
+    let config = snapshot_external_config(&meta).unwrap();
+    assert_eq!(config.source, source);
+    let mut segments = Vec::new();
+    for m in &meta.manifests {
+        let key = snapvault_actors::snapshot::worker::relocate(&s.prefix, &m.key).unwrap();
+        let data = snapvault_actors::snapshot::worker::get_object(&**c.store(), &key)
+            .await
+            .unwrap();
+        segments.extend(manifest::decode_manifest(&data).unwrap());
+    }
+    let lists = snapshot_fragment_lists(&**c.store(), &segments).await.unwrap();
+    let captured: BTreeMap<u64, Vec<(String, u64)>> = lists
+        .into_iter()
+        .map(|(seg, l)| (seg.segment_id, l.fragments.into_iter().map(|f| (f.key, f.rows)).collect()))
+        .collect();
+    assert_eq!(captured, before);
+    assert_eq!(snap.totals.segments, 4);
+    node.shutdown().await;
+}

@@ -14,6 +14,7 @@
 pub mod decider;
 pub mod footer;
 pub mod plan;
+pub mod restore;
 pub mod source;
 pub mod worker;
 

@@ -943,6 +943,111 @@ mod tests {
         assert_eq!(f.index.reclaimed_keys().count(), 0);
     }
 
+    fn external_created(source: &str) -> CollectionEvent {
+        let mut e = created(CollectionStatus::Ready);
+        if let CollectionEvent::Created { external, .. } = &mut e {
+            *external = Some(snapvault_events::domain::external::ExternalConfig {
+                source: source.into(),
+                spec: snapvault_events::domain::external::ExternalSpec::parse_json(
+                    r#"{"format":"parquet"}"#,
+                )
+                .unwrap(),
+            });
+        }
+        e
+    }
+
+    fn refreshed(task_id: u64, dropped: Vec<u64>, added: Vec<SegmentRecord>) -> CollectionEvent {
+        CollectionEvent::ExternalRefreshed {
+            task_id,
+            generation: 1,
+            kept: 0,
+            dropped,
+            added,
+            fragments: 0,
+            refreshed_ms: 0,
+        }
+    }
+
+    #[test]
+    fn an_own_store_source_is_never_reclaimed_not_as_orphans_not_after_drop_or_repoint() {
+        let mut f = Feed::new();
+        f.collection(0, external_created("data/lake/t/"));
+        let frag = "data/lake/t/part-0.parquet";
+        assert!(f.index.is_protected(frag), "the source prefix is protected");
+        assert!(!f.index.is_known(frag), "fragments are not segment files");
+        // An external segment's one file is its fragment list (ours); replacing the segment
+        // makes the old list a dropped file, never a fragment.
+        f.collection(
+            0,
+            refreshed(1, vec![], vec![segment(5, &["data/1/external/5.fragments.json"])]),
+        );
+        f.collection(
+            10,
+            refreshed(2, vec![5], vec![segment(6, &["data/1/external/6.fragments.json"])]),
+        );
+        assert_eq!(
+            f.planned(u64::MAX / 2, 0),
+            vec!["data/1/external/5.fragments.json"]
+        );
+        // Re-pointing and dropping the collection: the old source stays the user's.
+        f.collection(
+            20,
+            CollectionEvent::ExternalAltered {
+                config: snapvault_events::domain::external::ExternalConfig {
+                    source: "data/lake/other/".into(),
+                    spec: snapvault_events::domain::external::ExternalSpec::parse_json(
+                        r#"{"format":"parquet"}"#,
+                    )
+                    .unwrap(),
+                },
+                generation: 2,
+                superseded: None,
+                task_id: 3,
+                altered_ms: 20,
+            },
+        );
+        f.collection(30, CollectionEvent::Dropped);
+        for key in [frag, "data/lake/other/x.parquet"] {
+            assert!(f.index.is_protected(key), "{key}");
+        }
+        assert!(!f.index.is_protected("data/lake/elsewhere.parquet"));
+        let planned = f.planned(u64::MAX / 2, 0);
+        assert!(planned.iter().all(|k| k.ends_with(".fragments.json")), "{planned:?}");
+        // And it survives a checkpoint.
+        let bytes = f.index.to_checkpoint(("collection-1", 5)).unwrap();
+        let (back, _, _) = RefIndex::from_checkpoint(&bytes).unwrap();
+        assert!(back.is_protected(frag));
+    }
+
+    #[test]
+    fn a_pinned_external_cut_holds_its_fragment_lists_and_a_local_source_protects_nothing_here() {
+        let mut f = Feed::new();
+        f.collection(0, external_created("file:///srv/lake/"));
+        assert!(!f.index.is_protected("srv/lake/x.parquet"));
+        f.collection(
+            0,
+            refreshed(1, vec![], vec![segment(5, &["data/1/external/5.fragments.json"])]),
+        );
+        f.collection(
+            0,
+            CollectionEvent::SnapshotPinned {
+                snapshot_id: 9,
+                name: "s".into(),
+                description: String::new(),
+                labels: Default::default(),
+                pinned_ms: 0,
+            },
+        );
+        f.collection(0, refreshed(2, vec![5], vec![]));
+        assert!(f.planned(u64::MAX / 2, 0).is_empty(), "the pin holds the list");
+        f.collection(0, CollectionEvent::SnapshotUnpinned { snapshot_id: 9 });
+        assert_eq!(
+            f.planned(u64::MAX / 2, 0),
+            vec!["data/1/external/5.fragments.json"]
+        );
+    }
+
     #[test]
     fn replaying_twice_is_idempotent_by_position() {
         let mut f = Feed::new();
