@@ -297,6 +297,13 @@ impl ExternalWorker {
     /// A live-collection check that also ends the slot of a dropped collection.
     async fn live_slot(&self, identity: &TaskIdentity) -> Result<Slot, Stop> {
         let slot = self.slot(identity.collection_id).await?;
+        // First what the collection already recorded (a commit may have landed before the
+        // collection was dropped): the collection decides.
+        if let Some(ext) = &slot.external
+            && ext.active.as_ref().map(|a| a.task_id) != Some(identity.task_id)
+        {
+            return Err(Stop::Outcome(outcome_from_collection(ext, identity.task_id)));
+        }
         if !slot.live {
             let r = self
                 .collection(
