@@ -708,13 +708,18 @@ impl Sim {
         self.checker.check_converged(self.store.inner()).await?;
         // External collections: one more refresh each, with nothing else running, must make
         // every one mirror its source exactly.
-        let names: Vec<String> = self
-            .checker
-            .truth()
+        // Only collections a name points at (a create that lost the race for its name leaves
+        // a stream that is not live to the catalog).
+        let truth = self.checker.truth();
+        let names: Vec<String> = truth
             .collections
-            .values()
-            .filter(|r| r.state.is_live() && r.state.external.is_some())
-            .map(|r| r.state.name.clone())
+            .iter()
+            .filter(|(id, r)| {
+                r.state.is_live()
+                    && r.state.external.is_some()
+                    && truth.catalog.names.get(&r.state.name) == Some(*id)
+            })
+            .map(|(_, r)| r.state.name.clone())
             .collect();
         for name in names {
             let t = tokio::time::timeout(OP_TIMEOUT, client.refresh_external(&name))
@@ -740,7 +745,10 @@ impl Sim {
             .truth()
             .collections
             .iter()
-            .filter(|(_, r)| r.state.is_live())
+            .filter(|(id, r)| {
+                r.state.is_live()
+                    && self.checker.truth().catalog.names.get(&r.state.name) == Some(*id)
+            })
             .map(|(id, r)| (*id, &r.state))
             .collect();
         crate::external_check::check_mirror(&live, self.store.inner()).await
