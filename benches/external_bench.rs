@@ -23,8 +23,7 @@ const PARALLELISM: usize = 16;
 async fn raw(dir: &std::path::Path) -> (u64, u64) {
     let store: Arc<dyn ObjectStore> =
         Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).expect("fs"));
-    let listed: Vec<object_store::ObjectMeta> =
-        store.list(None).try_collect().await.expect("list");
+    let listed: Vec<object_store::ObjectMeta> = store.list(None).try_collect().await.expect("list");
     let rows: Vec<u64> = futures::stream::iter(listed)
         .map(|m| {
             let store = store.clone();
@@ -36,7 +35,9 @@ async fn raw(dir: &std::path::Path) -> (u64, u64) {
                     .await
                     .expect("read");
                 let last8: [u8; 8] = tail[tail.len() - 8..].try_into().expect("8 bytes");
-                let len = FooterTail::try_new(&last8).expect("footer").metadata_length();
+                let len = FooterTail::try_new(&last8)
+                    .expect("footer")
+                    .metadata_length();
                 let start = tail.len() - 8 - len;
                 let meta = ParquetMetaDataReader::decode_metadata(&tail[start..tail.len() - 8])
                     .expect("metadata");
@@ -75,7 +76,9 @@ fn main() {
             raw_best = raw_best.min(t.elapsed());
             assert_eq!((files, rows), (n, n * rows_per_file));
         }
-        let node = Node::start(NodeConfig::embedded(data.path())).await.expect("node");
+        let node = Node::start(NodeConfig::embedded(data.path()))
+            .await
+            .expect("node");
         let c = node.client();
         let source = format!("file://{}/", lake_dir.path().display());
         let mut refresh_best = Duration::MAX;
@@ -114,7 +117,10 @@ fn main() {
         node.shutdown().await;
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
         println!("external refresh, {n} fragments of {rows_per_file} rows (best of {runs})");
-        println!("{:<44} {:>10} {:>14} {:>8}", "case", "time", "fragments/s", "ratio");
+        println!(
+            "{:<44} {:>10} {:>14} {:>8}",
+            "case", "time", "fragments/s", "ratio"
+        );
         println!(
             "{:<44} {:>10.1?} {:>14.0} {:>8}",
             "raw listing + footer read (16 at a time)",

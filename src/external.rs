@@ -121,7 +121,9 @@ impl ExternalTaskView {
         let i = s.identity.as_ref()?;
         let (counts, failed_key, reason) = match &s.outcome {
             Some(TaskOutcome::Committed { counts }) => (Some(*counts), None, None),
-            Some(TaskOutcome::Failed { key, reason }) => (None, Some(key.clone()), Some(reason.clone())),
+            Some(TaskOutcome::Failed { key, reason }) => {
+                (None, Some(key.clone()), Some(reason.clone()))
+            }
             Some(TaskOutcome::Superseded { reason }) => (None, None, Some(reason.clone())),
             _ => (None, None, None),
         };
@@ -200,7 +202,13 @@ impl Client {
     async fn external_of(
         &self,
         name: &str,
-    ) -> Result<(CollectionId, snapvault_actors::collection::external::ExternalState), Error> {
+    ) -> Result<
+        (
+            CollectionId,
+            snapvault_actors::collection::external::ExternalState,
+        ),
+        Error,
+    > {
         let id = self.collection_id(name).await?;
         let ext = self
             .registry
@@ -322,16 +330,13 @@ impl Client {
             {
                 self.external.abort(*old);
                 let outcome = TaskOutcome::Superseded {
-                    reason: "the source or spec changed while it ran; it committed nothing"
-                        .into(),
+                    reason: "the source or spec changed while it ran; it committed nothing".into(),
                 };
                 let r = self
                     .registry
                     .execute::<ExternalTask>(
                         &external_task_stream(*old),
-                        snapvault_events::domain::external::ExternalTaskCommand::Finish {
-                            outcome,
-                        },
+                        snapvault_events::domain::external::ExternalTaskCommand::Finish { outcome },
                         *old,
                     )
                     .await;
@@ -358,9 +363,7 @@ impl Client {
     pub async fn cancel_external(&self, collection: &str) -> Result<ExternalTaskView, Error> {
         let (id, ext) = self.external_of(collection).await?;
         let active = ext.active.ok_or_else(|| {
-            Error::failed_precondition(format!(
-                "collection '{collection}' has no refresh running"
-            ))
+            Error::failed_precondition(format!("collection '{collection}' has no refresh running"))
         })?;
         let task_id = active.task_id;
         self.run(
@@ -424,7 +427,11 @@ impl Client {
         let (segments, rows) = self
             .registry
             .inspect::<Collection, _>(&collection_stream(id), |_, s| {
-                let ext_segments = s.external.as_ref().map(|e| e.segments.clone()).unwrap_or_default();
+                let ext_segments = s
+                    .external
+                    .as_ref()
+                    .map(|e| e.segments.clone())
+                    .unwrap_or_default();
                 let rows = ext_segments
                     .iter()
                     .filter_map(|sid| s.segments.get(sid))

@@ -32,7 +32,9 @@ pub fn parquet_file(seed: u64, rows: u64) -> Result<Bytes, Error> {
             .collect();
         for column in [&ids, &values] {
             let Some(mut col) = group.next_column().map_err(bad)? else {
-                return Err(Error::internal("lake schema has fewer columns than written"));
+                return Err(Error::internal(
+                    "lake schema has fewer columns than written",
+                ));
             };
             col.typed::<Int64Type>()
                 .write_batch(column, None, None)

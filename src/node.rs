@@ -151,10 +151,7 @@ impl Node {
         {
             resume.abort();
         }
-        self.client
-            .external
-            .shutdown(RESUME_WAIT_ON_SHUTDOWN)
-            .await;
+        self.client.external.shutdown(RESUME_WAIT_ON_SHUTDOWN).await;
         self.client.snapshots.stop().await;
         self.client.gc.stop().await;
         self.registry.shutdown().await;

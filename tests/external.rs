@@ -45,7 +45,9 @@ async fn create(node: &Node, name: &str, source: &str, target_rows: u64) -> u64 
 async fn refresh(node: &Node, name: &str) -> ExternalTaskView {
     let c = node.client();
     let t = c.refresh_external(name).await.expect("refresh starts");
-    c.wait_external_task(t.task_id, WAIT).await.expect("task ends")
+    c.wait_external_task(t.task_id, WAIT)
+        .await
+        .expect("task ends")
 }
 
 /// The collection's external segments: segment id → fragment keys with rows.
@@ -68,7 +70,10 @@ async fn mapping(node: &Node, id: u64) -> BTreeMap<u64, Vec<(String, u64)>> {
         let list = FragmentList::decode(&key, &bytes).unwrap();
         out.insert(
             sid,
-            list.fragments.into_iter().map(|f| (f.key, f.rows)).collect(),
+            list.fragments
+                .into_iter()
+                .map(|f| (f.key, f.rows))
+                .collect(),
         );
     }
     out
@@ -77,7 +82,10 @@ async fn mapping(node: &Node, id: u64) -> BTreeMap<u64, Vec<(String, u64)>> {
 /// The refresh commits of a collection in the log: (task, kept, dropped, added).
 async fn commits(node: &Node, id: u64) -> Vec<(u64, u64, Vec<u64>, Vec<u64>)> {
     let log = node.client().log().clone();
-    let envs = log.read_stream(&collection_stream(id), 1, 100_000).await.unwrap();
+    let envs = log
+        .read_stream(&collection_stream(id), 1, 100_000)
+        .await
+        .unwrap();
     envs.iter()
         .filter_map(|e| match decode::<CollectionEvent>(e).unwrap() {
             CollectionEvent::ExternalRefreshed {
@@ -102,7 +110,12 @@ async fn add_remove_and_rewrite_fragments_keep_drop_and_add_exactly() {
     let data = tempfile::tempdir().unwrap();
     let lake_dir = tempfile::tempdir().unwrap();
     let at = |k: &str| lake_dir.path().join(k);
-    for (k, rows) in [("a.parquet", 100), ("b.parquet", 100), ("c.parquet", 100), ("sub/d.parquet", 100)] {
+    for (k, rows) in [
+        ("a.parquet", 100),
+        ("b.parquet", 100),
+        ("c.parquet", 100),
+        ("sub/d.parquet", 100),
+    ] {
         lake::write_local(&at(k), 1, rows).unwrap();
     }
     // Not fragments: Spark's marker and a temporary file.
@@ -116,12 +129,12 @@ async fn add_remove_and_rewrite_fragments_keep_drop_and_add_exactly() {
     let t1 = refresh(&node, "t").await;
     assert_eq!(t1.status, "committed", "{t1:?}");
     let c = t1.counts.unwrap();
-    assert_eq!((c.kept, c.dropped, c.added, c.fragments, c.rows), (0, 0, 4, 4, 400));
+    assert_eq!(
+        (c.kept, c.dropped, c.added, c.fragments, c.rows),
+        (0, 0, 4, 4, 400)
+    );
     let m1 = mapping(&node, id).await;
-    let by_key: BTreeMap<String, u64> = m1
-        .iter()
-        .map(|(sid, f)| (f[0].0.clone(), *sid))
-        .collect();
+    let by_key: BTreeMap<String, u64> = m1.iter().map(|(sid, f)| (f[0].0.clone(), *sid)).collect();
     assert_eq!(
         by_key.keys().cloned().collect::<Vec<_>>(),
         vec!["a.parquet", "b.parquet", "c.parquet", "sub/d.parquet"]
@@ -134,10 +147,22 @@ async fn add_remove_and_rewrite_fragments_keep_drop_and_add_exactly() {
     lake::write_local(&at("e.parquet"), 3, 70).unwrap();
     let t2 = refresh(&node, "t").await;
     let c = t2.counts.unwrap();
-    assert_eq!((c.kept, c.dropped, c.added, c.fragments), (2, 2, 2, 4), "{t2:?}");
+    assert_eq!(
+        (c.kept, c.dropped, c.added, c.fragments),
+        (2, 2, 2, 4),
+        "{t2:?}"
+    );
     let m2 = mapping(&node, id).await;
-    assert_eq!(m2.get(&by_key["a.parquet"]), m1.get(&by_key["a.parquet"]), "a kept");
-    assert_eq!(m2.get(&by_key["sub/d.parquet"]), m1.get(&by_key["sub/d.parquet"]), "d kept");
+    assert_eq!(
+        m2.get(&by_key["a.parquet"]),
+        m1.get(&by_key["a.parquet"]),
+        "a kept"
+    );
+    assert_eq!(
+        m2.get(&by_key["sub/d.parquet"]),
+        m1.get(&by_key["sub/d.parquet"]),
+        "d kept"
+    );
     assert!(!m2.contains_key(&by_key["b.parquet"]) && !m2.contains_key(&by_key["c.parquet"]));
     let mut now: Vec<(String, u64)> = m2.values().flatten().cloned().collect();
     now.sort();
@@ -156,14 +181,20 @@ async fn add_remove_and_rewrite_fragments_keep_drop_and_add_exactly() {
     assert_eq!(*task, t2.task_id);
     assert_eq!(*kept, 2);
     let dropped: BTreeSet<u64> = dropped.iter().copied().collect();
-    assert_eq!(dropped, BTreeSet::from([by_key["b.parquet"], by_key["c.parquet"]]));
+    assert_eq!(
+        dropped,
+        BTreeSet::from([by_key["b.parquet"], by_key["c.parquet"]])
+    );
     assert_eq!(added.len(), 2);
 
     // Nothing changed: everything kept, nothing read again.
     let t3 = refresh(&node, "t").await;
     let c = t3.counts.unwrap();
     assert_eq!((c.kept, c.dropped, c.added), (4, 0, 0));
-    assert_eq!(t3.progress.footers_total, 0, "unchanged fragments are not read again");
+    assert_eq!(
+        t3.progress.footers_total, 0,
+        "unchanged fragments are not read again"
+    );
 
     // Status shows the last task; a restart keeps everything.
     let st = node.client().external_status("t").await.unwrap();
@@ -196,7 +227,11 @@ async fn a_source_in_the_nodes_own_store_is_packed_to_the_target_and_never_colle
     let t = refresh(&node, "own").await;
     let counts = t.counts.unwrap();
     // 550 rows, target 200: 3 segments, largest first into the least filled.
-    assert_eq!((counts.added, counts.fragments, counts.rows), (3, 10, 550), "{t:?}");
+    assert_eq!(
+        (counts.added, counts.fragments, counts.rows),
+        (3, 10, 550),
+        "{t:?}"
+    );
     let m = mapping(&node, id).await;
     let sums: Vec<u64> = m.values().map(|f| f.iter().map(|x| x.1).sum()).collect();
     assert!(sums.iter().all(|s| (150..=200).contains(s)), "{sums:?}");
@@ -217,7 +252,9 @@ async fn a_source_in_the_nodes_own_store_is_packed_to_the_target_and_never_colle
             .unwrap_or_else(|e| panic!("GC deleted source fragment {key}: {e}"));
     }
     // Re-pointing the collection drops every segment, still no fragment goes.
-    c.alter_external("own", Some("data/lake/none"), None).await.unwrap();
+    c.alter_external("own", Some("data/lake/none"), None)
+        .await
+        .unwrap();
     node.shutdown().await;
 }
 
@@ -234,7 +271,13 @@ async fn a_source_change_during_a_running_task_leaves_exactly_one_commit_from_th
     }
     let node = start(data.path()).await;
     let c = node.client();
-    let id = create(&node, "race", &format!("file://{}/", big.path().display()), 1_000).await;
+    let id = create(
+        &node,
+        "race",
+        &format!("file://{}/", big.path().display()),
+        1_000,
+    )
+    .await;
     let first = c.refresh_external("race").await.unwrap();
     // A second refresh while the first runs returns the running task.
     let again = c.refresh_external("race").await.unwrap();
@@ -242,7 +285,11 @@ async fn a_source_change_during_a_running_task_leaves_exactly_one_commit_from_th
     assert!(again.already_running);
     // Change the source while the first task is still reading footers.
     let altered = c
-        .alter_external("race", Some(&format!("file://{}/", small.path().display())), None)
+        .alter_external(
+            "race",
+            Some(&format!("file://{}/", small.path().display())),
+            None,
+        )
         .await
         .unwrap();
     assert_ne!(altered.task_id, first.task_id);
@@ -273,11 +320,21 @@ async fn failures_end_failed_with_the_key_and_change_nothing() {
     let before = mapping(&node, id).await;
 
     // An unreadable Parquet file: failed, naming it; the collection is unchanged.
-    std::fs::write(lake_dir.path().join("bad.parquet"), b"this is not parquet at all").unwrap();
+    std::fs::write(
+        lake_dir.path().join("bad.parquet"),
+        b"this is not parquet at all",
+    )
+    .unwrap();
     let t = refresh(&node, "f").await;
     assert_eq!(t.status, "failed", "{t:?}");
     assert_eq!(t.failed_key.as_deref(), Some("bad.parquet"));
-    assert!(t.reason.as_deref().unwrap_or("").contains("unreadable Parquet"), "{t:?}");
+    assert!(
+        t.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("unreadable Parquet"),
+        "{t:?}"
+    );
     assert_eq!(mapping(&node, id).await, before);
 
     // A missing prefix: failed at once (no retry storm), nothing changed.
@@ -285,13 +342,19 @@ async fn failures_end_failed_with_the_key_and_change_nothing() {
     let t = c.alter_external("f", Some(&missing), None).await.unwrap();
     let t = c.wait_external_task(t.task_id, WAIT).await.unwrap();
     assert_eq!(t.status, "failed", "{t:?}");
-    assert!(t.reason.as_deref().unwrap_or("").contains("missing"), "{t:?}");
+    assert!(
+        t.reason.as_deref().unwrap_or("").contains("missing"),
+        "{t:?}"
+    );
     assert_eq!(mapping(&node, id).await, before);
     // The slot is free again.
     assert!(c.external_status("f").await.unwrap().active.is_none());
 
     // Cancel of nothing, refresh of a collection that is not external, bad input.
-    assert_eq!(c.cancel_external("f").await.unwrap_err().code, ErrorCode::FailedPrecondition);
+    assert_eq!(
+        c.cancel_external("f").await.unwrap_err().code,
+        ErrorCode::FailedPrecondition
+    );
     c.create_collection(CreateCollectionRequest {
         name: "plain".into(),
         shard_count: 1,
@@ -299,7 +362,10 @@ async fn failures_end_failed_with_the_key_and_change_nothing() {
     })
     .await
     .unwrap();
-    assert_eq!(c.refresh_external("plain").await.unwrap_err().code, ErrorCode::FailedPrecondition);
+    assert_eq!(
+        c.refresh_external("plain").await.unwrap_err().code,
+        ErrorCode::FailedPrecondition
+    );
     for (source, spec, what) in [
         ("lake/x", "not json", "not valid JSON"),
         ("lake/x", r#"{"format":"csv"}"#, "unknown"),
@@ -321,7 +387,10 @@ async fn failures_end_failed_with_the_key_and_change_nothing() {
         assert_eq!(e.code, ErrorCode::InvalidArgument, "{what}: {e}");
         assert!(e.message.contains(what), "{what}: {e}");
     }
-    assert_eq!(c.describe_collection("bad").await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(
+        c.describe_collection("bad").await.unwrap_err().code,
+        ErrorCode::NotFound
+    );
     node.shutdown().await;
 }
 
@@ -382,10 +451,17 @@ async fn a_snapshot_captures_source_spec_and_fragment_mapping_and_survives_gc() 
             .unwrap();
         segments.extend(manifest::decode_manifest(&data).unwrap());
     }
-    let lists = snapshot_fragment_lists(&**c.store(), &segments).await.unwrap();
+    let lists = snapshot_fragment_lists(&**c.store(), &segments)
+        .await
+        .unwrap();
     let captured: BTreeMap<u64, Vec<(String, u64)>> = lists
         .into_iter()
-        .map(|(seg, l)| (seg.segment_id, l.fragments.into_iter().map(|f| (f.key, f.rows)).collect()))
+        .map(|(seg, l)| {
+            (
+                seg.segment_id,
+                l.fragments.into_iter().map(|f| (f.key, f.rows)).collect(),
+            )
+        })
         .collect();
     assert_eq!(captured, before);
     assert_eq!(snap.totals.segments, 4);

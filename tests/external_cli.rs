@@ -64,12 +64,24 @@ fn create_refresh_status_alter_and_cancel_through_the_cli() {
     let lake_dir = tempfile::tempdir().unwrap();
     lake_with(lake_dir.path(), 6, 50);
     let spec = lake_dir.path().join("spec.json");
-    std::fs::write(&spec, r#"{"format":"parquet","columns":["id"],"target_rows_per_segment":100}"#).unwrap();
+    std::fs::write(
+        &spec,
+        r#"{"format":"parquet","columns":["id"],"target_rows_per_segment":100}"#,
+    )
+    .unwrap();
     let source = format!("file://{}", lake_dir.path().display());
     let d = data.path();
     let created = json(
         d,
-        &["collection", "create", "lake", "--external-source", &source, "--external-spec", spec.to_str().unwrap()],
+        &[
+            "collection",
+            "create",
+            "lake",
+            "--external-source",
+            &source,
+            "--external-spec",
+            spec.to_str().unwrap(),
+        ],
     );
     assert_eq!(created["name"], "lake");
 
@@ -86,29 +98,63 @@ fn create_refresh_status_alter_and_cancel_through_the_cli() {
     assert!(st["active"].is_null());
     let table = run(d, &["external", "status", "lake"], None);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("TASK") && text.contains("committed"), "{text}");
+    assert!(
+        text.contains("TASK") && text.contains("committed"),
+        "{text}"
+    );
 
     // A column the fragments do not have: the refresh fails naming the fragment (exit 2).
     let bad_spec = lake_dir.path().join("bad-spec.json");
     std::fs::write(&bad_spec, r#"{"format":"parquet","columns":["nope"]}"#).unwrap();
-    let t = json(d, &["collection", "alter", "lake", "--external-spec", bad_spec.to_str().unwrap()]);
+    let t = json(
+        d,
+        &[
+            "collection",
+            "alter",
+            "lake",
+            "--external-spec",
+            bad_spec.to_str().unwrap(),
+        ],
+    );
     assert_eq!(t["generation"], 2);
     let out = run(d, &["external", "refresh", "lake", "--wait"], None);
     // The alter's task may have been finished by the alter's own process already; then the
     // refresh is a new task that fails the same way.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("error[failed_precondition]") && stderr.contains("'nope'"), "{stderr}");
+    assert!(
+        stderr.contains("error[failed_precondition]") && stderr.contains("'nope'"),
+        "{stderr}"
+    );
     let st = json(d, &["external", "status", "lake"]);
     assert_eq!(st["segments"], 3, "a failed refresh changes nothing");
     assert_eq!(st["last"]["status"], "failed");
 
-    refused(d, &["external", "cancel", "lake"], "failed_precondition", "has no refresh running");
-    refused(d, &["external", "status", "nope"], "not_found", "'nope' not found");
+    refused(
+        d,
+        &["external", "cancel", "lake"],
+        "failed_precondition",
+        "has no refresh running",
+    );
+    refused(
+        d,
+        &["external", "status", "nope"],
+        "not_found",
+        "'nope' not found",
+    );
     // Host writes into an external collection are refused.
     refused(
         d,
-        &["ingest", "lake", "--segments", "1", "--files", "1", "--size", "10"],
+        &[
+            "ingest",
+            "lake",
+            "--segments",
+            "1",
+            "--files",
+            "1",
+            "--size",
+            "10",
+        ],
         "failed_precondition",
         "external",
     );
@@ -145,15 +191,28 @@ fn bad_input_is_one_coded_line_and_writes_nothing() {
         (create("file://relative/", &ok_spec), "absolute"),
         (create("ftp://host/x/", &ok_spec), "unknown scheme"),
         (create("snapshots/1/", &ok_spec), "belongs to snapvault"),
-        (create(&src, &dir.path().join("missing.json")), "cannot read external spec file"),
+        (
+            create(&src, &dir.path().join("missing.json")),
+            "cannot read external spec file",
+        ),
     ];
     for (args, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         refused(&d, &args, "invalid_argument", needle);
         assert!(!d.exists(), "{args:?} created the data directory");
     }
-    refused(&d, &["collection", "alter", "x"], "invalid_argument", "needs --external-source");
-    refused(&d, &["external", "refresh", "../x"], "invalid_argument", "collection name");
+    refused(
+        &d,
+        &["collection", "alter", "x"],
+        "invalid_argument",
+        "needs --external-source",
+    );
+    refused(
+        &d,
+        &["external", "refresh", "../x"],
+        "invalid_argument",
+        "collection name",
+    );
     assert!(!d.exists());
 }
 
@@ -175,11 +234,17 @@ fn a_crash_mid_task_recovers_to_one_active_task_that_commits_once() {
         lake_with(lake_dir.path(), 20, 10);
         let d = data.path();
         let source = format!("file://{}/", lake_dir.path().display());
-        json(d, &["collection", "create", "c", "--external-source", &source]);
+        json(
+            d,
+            &["collection", "create", "c", "--external-source", &source],
+        );
         let out = run(d, &["external", "refresh", "c", "--wait"], Some(point));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.signal(), Some(SIGABRT), "{point}: {stderr}");
-        assert!(stderr.contains(&format!("crash point '{point}' reached")), "{point}: {stderr}");
+        assert!(
+            stderr.contains(&format!("crash point '{point}' reached")),
+            "{point}: {stderr}"
+        );
 
         // The next process resumes the task; a refresh now returns it (or it already ended).
         let t = json(d, &["external", "refresh", "c", "--wait"]);
@@ -208,9 +273,14 @@ fn a_crash_mid_task_recovers_to_one_active_task_that_commits_once() {
 fn log_facts(data: &Path) -> (usize, usize) {
     use snapvault_events::codec::decode;
     use snapvault_events::domain::collection::CollectionEvent;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let node = snapvault::Node::start(snapvault::NodeConfig::embedded(data)).await.unwrap();
+        let node = snapvault::Node::start(snapvault::NodeConfig::embedded(data))
+            .await
+            .unwrap();
         let log = node.client().log().clone();
         let all = log.read_all(1, 1_000_000).await.unwrap();
         let mut adding = 0;

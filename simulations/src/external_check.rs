@@ -70,9 +70,7 @@ impl ExternalTruth {
                 external: Some(c), ..
             } => self.note_source(&c.source),
             CollectionEvent::ExternalAltered {
-                config,
-                superseded,
-                ..
+                config, superseded, ..
             } => {
                 self.note_source(&config.source);
                 let active = before
@@ -113,7 +111,9 @@ impl ExternalTruth {
                 ..
             } => {
                 let Some(ext) = before.external.as_ref() else {
-                    return Err(format!("{at}: a refresh of a collection that is not external"));
+                    return Err(format!(
+                        "{at}: a refresh of a collection that is not external"
+                    ));
                 };
                 if self.ended.contains(task_id) {
                     return Err(format!(
@@ -145,7 +145,8 @@ impl ExternalTruth {
                     if s.segment_id == 0 || s.segment_id >= reserved_end {
                         return Err(format!("{at}: segment {} was never reserved", s.segment_id));
                     }
-                    if host_segments.contains(&s.segment_id) || !self.segment_ids.insert(s.segment_id)
+                    if host_segments.contains(&s.segment_id)
+                        || !self.segment_ids.insert(s.segment_id)
                     {
                         return Err(format!("{at}: segment id {} used twice", s.segment_id));
                     }
@@ -196,12 +197,17 @@ pub async fn check_mirror(
     for (id, c) in collections {
         let Some(ext) = &c.external else { continue };
         if let Some(a) = &ext.active {
-            return Err(format!("collection {id} still has active task {} after settling", a.task_id));
+            return Err(format!(
+                "collection {id} still has active task {} after settling",
+                a.task_id
+            ));
         }
         let Ok((_, loc)) = parse_source(&ext.config.source) else {
             return Err(format!("collection {id} has an unparsable source"));
         };
-        let Some(prefix) = loc.own_store_prefix() else { continue };
+        let Some(prefix) = loc.own_store_prefix() else {
+            continue;
+        };
         let listed: Vec<object_store::ObjectMeta> = store
             .list(Some(&Path::from(prefix.trim_end_matches('/'))))
             .try_collect()
@@ -232,7 +238,10 @@ pub async fn check_mirror(
             let list = FragmentList::decode(&file.key, &bytes).map_err(|e| e.to_string())?;
             let rows: u64 = list.fragments.iter().map(|f| f.rows).sum();
             if rows != seg.rows {
-                return Err(format!("segment {sid} says {} rows, its fragments {rows}", seg.rows));
+                return Err(format!(
+                    "segment {sid} says {} rows, its fragments {rows}",
+                    seg.rows
+                ));
             }
             for f in list.fragments {
                 if mirrored
@@ -257,7 +266,9 @@ pub async fn check_mirror(
         for (key, (size, e_tag, rows)) in &mirrored {
             let (s_size, s_tag) = &source[key];
             if size != s_size || e_tag != s_tag {
-                return Err(format!("collection {id}: fragment '{key}' is an old version"));
+                return Err(format!(
+                    "collection {id}: fragment '{key}' is an old version"
+                ));
             }
             let bytes = store
                 .get(&Path::from(format!("{prefix}{key}")))
@@ -271,7 +282,9 @@ pub async fn check_mirror(
             use parquet::file::reader::FileReader;
             let real = reader.metadata().file_metadata().num_rows() as u64;
             if real != *rows {
-                return Err(format!("collection {id}: fragment '{key}' has {real} rows, the mapping says {rows}"));
+                return Err(format!(
+                    "collection {id}: fragment '{key}' has {real} rows, the mapping says {rows}"
+                ));
             }
         }
     }

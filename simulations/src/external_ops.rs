@@ -8,8 +8,8 @@ use crate::prng::Prng;
 use snapvault::Client;
 use snapvault::client::CreateCollectionRequest;
 use snapvault::lake::parquet_file;
-use snapvault_events::domain::CollectionId;
 use snapvault_events::Error;
+use snapvault_events::domain::CollectionId;
 use std::time::Duration;
 
 /// Lakes and the file names in each: few, so writes rewrite and refreshes race.
@@ -29,24 +29,58 @@ fn spec(target_rows: u64) -> String {
 #[derive(Debug, Clone)]
 pub enum ExternalOp {
     /// The user writes (or rewrites) one Parquet file of a lake.
-    Write { lake: u64, file: u64, seed: u64, rows: u64 },
-    Create { name: String, lake: u64, target_rows: u64 },
-    Refresh { id: CollectionId, name: String, wait: bool },
-    Alter { id: CollectionId, name: String, lake: u64, target_rows: u64 },
-    Cancel { id: CollectionId, name: String },
+    Write {
+        lake: u64,
+        file: u64,
+        seed: u64,
+        rows: u64,
+    },
+    Create {
+        name: String,
+        lake: u64,
+        target_rows: u64,
+    },
+    Refresh {
+        id: CollectionId,
+        name: String,
+        wait: bool,
+    },
+    Alter {
+        id: CollectionId,
+        name: String,
+        lake: u64,
+        target_rows: u64,
+    },
+    Cancel {
+        id: CollectionId,
+        name: String,
+    },
 }
 
 impl ExternalOp {
     pub fn label(&self) -> String {
         match self {
-            ExternalOp::Write { lake, file, rows, .. } => {
+            ExternalOp::Write {
+                lake, file, rows, ..
+            } => {
                 format!("lake-write {lake}/f{file} rows={rows}")
             }
-            ExternalOp::Create { name, lake, target_rows } => {
+            ExternalOp::Create {
+                name,
+                lake,
+                target_rows,
+            } => {
                 format!("external-create {name} lake={lake} target={target_rows}")
             }
-            ExternalOp::Refresh { name, wait, .. } => format!("external-refresh {name} wait={wait}"),
-            ExternalOp::Alter { name, lake, target_rows, .. } => {
+            ExternalOp::Refresh { name, wait, .. } => {
+                format!("external-refresh {name} wait={wait}")
+            }
+            ExternalOp::Alter {
+                name,
+                lake,
+                target_rows,
+                ..
+            } => {
                 format!("external-alter {name} lake={lake} target={target_rows}")
             }
             ExternalOp::Cancel { name, .. } => format!("external-cancel {name}"),
@@ -121,13 +155,22 @@ pub fn plan(rng: &mut Prng, model: &Model, kind: u8) -> Option<Vec<ExternalOp>> 
 
 pub async fn execute(client: &Client, op: &ExternalOp) -> Result<Vec<Effect>, Error> {
     match op {
-        ExternalOp::Write { lake, file, seed, rows } => {
+        ExternalOp::Write {
+            lake,
+            file,
+            seed,
+            rows,
+        } => {
             let bytes = parquet_file(*seed, *rows)?;
             let key = format!("{}f{file}.parquet", lake_prefix(*lake));
             snapvault_actors::snapshot::worker::put_object(&**client.store(), &key, bytes).await?;
             Ok(vec![])
         }
-        ExternalOp::Create { name, lake, target_rows } => {
+        ExternalOp::Create {
+            name,
+            lake,
+            target_rows,
+        } => {
             let view = client
                 .create_external_collection(
                     CreateCollectionRequest {
@@ -143,7 +186,11 @@ pub async fn execute(client: &Client, op: &ExternalOp) -> Result<Vec<Effect>, Er
                 id: view.id,
                 name: name.clone(),
                 shard_count: view.shards,
-                partitions: view.partitions.iter().map(|p| (p.id, p.name.clone())).collect(),
+                partitions: view
+                    .partitions
+                    .iter()
+                    .map(|p| (p.id, p.name.clone()))
+                    .collect(),
             }])
         }
         ExternalOp::Refresh { name, wait, .. } => {
@@ -153,7 +200,12 @@ pub async fn execute(client: &Client, op: &ExternalOp) -> Result<Vec<Effect>, Er
             }
             Ok(vec![])
         }
-        ExternalOp::Alter { name, lake, target_rows, .. } => {
+        ExternalOp::Alter {
+            name,
+            lake,
+            target_rows,
+            ..
+        } => {
             client
                 .alter_external(name, Some(&lake_prefix(*lake)), Some(&spec(*target_rows)))
                 .await?;

@@ -725,16 +725,24 @@ impl Sim {
             let t = tokio::time::timeout(OP_TIMEOUT, client.refresh_external(&name))
                 .await
                 .map_err(|_| format!("liveness: refresh of '{name}' hung"))?
-                .map_err(|e| format!("liveness: refresh of '{name}' failed with faults healed: {e}"))?;
+                .map_err(|e| {
+                    format!("liveness: refresh of '{name}' failed with faults healed: {e}")
+                })?;
             let done = client
                 .wait_external_task(t.task_id, OP_TIMEOUT)
                 .await
                 .map_err(|e| format!("liveness: refresh task of '{name}': {e}"))?;
             self.note(format!("liveness: refresh {name} -> {}", done.status));
             if done.status != "committed"
-                && !done.reason.as_deref().unwrap_or("").contains("no Parquet fragments")
+                && !done
+                    .reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("no Parquet fragments")
             {
-                return Err(format!("liveness: the final refresh of '{name}' did not commit: {done:?}"));
+                return Err(format!(
+                    "liveness: the final refresh of '{name}' did not commit: {done:?}"
+                ));
             }
         }
         self.checker
@@ -770,7 +778,9 @@ impl Sim {
         let truth = self.checker.truth();
         for (id, t) in &truth.external.tasks {
             if t.is_running() {
-                return Err(format!("liveness: external task {id} is still running after settling"));
+                return Err(format!(
+                    "liveness: external task {id} is still running after settling"
+                ));
             }
         }
         for (id, r) in &truth.collections {

@@ -8,7 +8,7 @@
 //! or 2 by the code) when the task did not commit.
 
 use super::output::{Progress, Table, plural, utc};
-use super::{Ctx, CreateArgs};
+use super::{CreateArgs, Ctx};
 use snapvault::Error;
 use snapvault::client::CreateCollectionRequest;
 use snapvault::external::{ExternalStatusView, ExternalTaskView, external_config};
@@ -45,7 +45,12 @@ pub fn check(source: Option<&str>, spec: Option<&Path>) -> Result<(), Error> {
     Ok(())
 }
 
-pub async fn create(ctx: &Ctx, args: CreateArgs, properties: BTreeMap<String, String>, schema_json: String) -> Result<(), Error> {
+pub async fn create(
+    ctx: &Ctx,
+    args: CreateArgs,
+    properties: BTreeMap<String, String>,
+    schema_json: String,
+) -> Result<(), Error> {
     let source = args.external_source.clone().unwrap_or_default();
     let spec = read_spec(args.external_spec.as_deref())?;
     external_config(&source, &spec)?;
@@ -85,7 +90,10 @@ pub async fn alter(
         Some(p) => Some(read_spec(Some(p))?),
         None => None,
     };
-    let task = ctx.client.alter_external(name, source, spec.as_deref()).await?;
+    let task = ctx
+        .client
+        .alter_external(name, source, spec.as_deref())
+        .await?;
     ctx.out.emit(&task, || {
         format!(
             "altered '{name}' (source {}, generation {}); refresh task {} started",
@@ -99,7 +107,10 @@ pub async fn refresh(ctx: &Ctx, collection: &str, wait: bool) -> Result<(), Erro
     if !wait {
         return ctx.out.emit(&task, || {
             if task.already_running {
-                format!("refresh task {} is already running for '{collection}'", task.task_id)
+                format!(
+                    "refresh task {} is already running for '{collection}'",
+                    task.task_id
+                )
             } else {
                 format!("refresh task {} started for '{collection}'", task.task_id)
             }
@@ -169,7 +180,9 @@ pub async fn status(ctx: &Ctx, collection: &str) -> Result<(), Error> {
 
 pub async fn cancel(ctx: &Ctx, collection: &str) -> Result<(), Error> {
     let t = ctx.client.cancel_external(collection).await?;
-    ctx.out.emit(&t, || format!("cancelled refresh task {} of '{collection}'", t.task_id))
+    ctx.out.emit(&t, || {
+        format!("cancelled refresh task {} of '{collection}'", t.task_id)
+    })
 }
 
 fn render_task(t: &ExternalTaskView) -> String {
@@ -230,10 +243,14 @@ fn render_status(st: &ExternalStatusView) -> String {
         plural(st.segments as u64, "segment"),
         st.fragments,
         st.rows,
-        st.last_refresh_ms.map(utc).unwrap_or_else(|| "never".into()),
+        st.last_refresh_ms
+            .map(utc)
+            .unwrap_or_else(|| "never".into()),
     );
     let mut t = Table::new(
-        &["TASK", "ROLE", "STATUS", "PHASE", "FOOTERS", "KEPT", "DROPPED", "ADDED", "STARTED"],
+        &[
+            "TASK", "ROLE", "STATUS", "PHASE", "FOOTERS", "KEPT", "DROPPED", "ADDED", "STARTED",
+        ],
         &["TASK", "KEPT", "DROPPED", "ADDED"],
     );
     for (role, task) in [("active", &st.active), ("last", &st.last)] {

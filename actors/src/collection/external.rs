@@ -123,9 +123,7 @@ pub fn decide(
             if *task_id == 0 {
                 return Err(Error::invalid_argument("task id must not be 0"));
             }
-            if ext.active.as_ref().is_some_and(|a| a.task_id == *task_id)
-                && ext.config == *config
-            {
+            if ext.active.as_ref().is_some_and(|a| a.task_id == *task_id) && ext.config == *config {
                 return Ok(vec![]); // a repeat of this very alter
             }
             if ext.recent.contains_key(task_id) {

@@ -35,7 +35,10 @@ pub async fn read_rows(
     columns: &[String],
 ) -> Result<u64, SourceError> {
     if size < 12 {
-        return Err(corrupt(key, format!("{size} bytes is too small for a Parquet file")));
+        return Err(corrupt(
+            key,
+            format!("{size} bytes is too small for a Parquet file"),
+        ));
     }
     let path = source.path(key);
     let suffix = size.min(SUFFIX_BYTES);
@@ -58,7 +61,10 @@ pub async fn read_rows(
     }
     let len = footer.metadata_length() as u64;
     if len > MAX_FOOTER_BYTES || len + 8 > size - 4 {
-        return Err(corrupt(key, format!("footer length {len} does not fit the file")));
+        return Err(corrupt(
+            key,
+            format!("footer length {len} does not fit the file"),
+        ));
     }
     let metadata = if len + 8 <= suffix {
         let start = (suffix - 8 - len) as usize;

@@ -200,7 +200,15 @@ mod tests {
         assert_eq!(p.dropped, vec![1]);
         assert!(p.known.is_empty(), "nothing is reused across configs");
         assert_eq!(p.unknown.len(), 2);
-        let p = plan(&[a, b], &[Current { segment_id: 1, rows: 0, list: None }], 9);
+        let p = plan(
+            &[a, b],
+            &[Current {
+                segment_id: 1,
+                rows: 0,
+                list: None,
+            }],
+            9,
+        );
         assert_eq!(p.dropped, vec![1]);
     }
 
@@ -224,16 +232,27 @@ mod tests {
         // bin (90), 30→60's (90), 20→ either (ties by bin number).
         let bins = pack(frags.clone(), 100);
         assert_eq!(bins.len(), 2);
-        let mut sums: Vec<u64> = bins.iter().map(|b| b.iter().map(|f| f.rows).sum()).collect();
+        let mut sums: Vec<u64> = bins
+            .iter()
+            .map(|b| b.iter().map(|f| f.rows).sum())
+            .collect();
         sums.sort();
         assert_eq!(sums, vec![90, 110]);
         assert_eq!(pack(frags.clone(), 1_000).len(), 1);
-        assert_eq!(pack(frags.clone(), 1).len(), 5, "never more segments than fragments");
+        assert_eq!(
+            pack(frags.clone(), 1).len(),
+            5,
+            "never more segments than fragments"
+        );
         assert_eq!(pack(frags.clone(), 100), bins, "deterministic");
         assert!(pack(vec![], 10).is_empty());
         let many: Vec<FragmentRef> = (0..1000).map(|i| mk(&format!("f{i:04}"), 10)).collect();
         let bins = pack(many, 1);
-        assert_eq!(bins.len(), MAX_ADDED_SEGMENTS_PER_REFRESH, "bounded per refresh");
+        assert_eq!(
+            bins.len(),
+            MAX_ADDED_SEGMENTS_PER_REFRESH,
+            "bounded per refresh"
+        );
         assert_eq!(bins.iter().map(Vec::len).sum::<usize>(), 1000);
     }
 }

@@ -147,9 +147,7 @@ pub async fn list_fragments(source: &OpenSource) -> Result<Vec<Listed>, SourceEr
         if out.len() >= MAX_FRAGMENTS_PER_SOURCE {
             return Err(SourceError::Permanent {
                 key: String::new(),
-                reason: format!(
-                    "the source holds more than {MAX_FRAGMENTS_PER_SOURCE} fragments"
-                ),
+                reason: format!("the source holds more than {MAX_FRAGMENTS_PER_SOURCE} fragments"),
             });
         }
         out.push(Listed {
@@ -172,7 +170,13 @@ mod tests {
     fn fragments_follow_hive_conventions() {
         assert!(is_fragment("a.parquet"));
         assert!(is_fragment("year=2024/part-0.PARQUET"));
-        for no in ["_SUCCESS", "a.parquet.crc", ".a.parquet", "_temporary/x.parquet", "x.csv"] {
+        for no in [
+            "_SUCCESS",
+            "a.parquet.crc",
+            ".a.parquet",
+            "_temporary/x.parquet",
+            "x.csv",
+        ] {
             assert!(!is_fragment(no), "{no}");
         }
     }

@@ -284,7 +284,10 @@ impl ExternalWorker {
         };
         let active = ext.active.as_ref().map(|a| a.task_id) == Some(identity.task_id);
         if !active {
-            return Err(Stop::Outcome(outcome_from_collection(ext, identity.task_id)));
+            return Err(Stop::Outcome(outcome_from_collection(
+                ext,
+                identity.task_id,
+            )));
         }
         if ext.generation != identity.generation || ext.config != identity.config {
             return Err(Stop::Outcome(TaskOutcome::Superseded {
@@ -302,7 +305,10 @@ impl ExternalWorker {
         if let Some(ext) = &slot.external
             && ext.active.as_ref().map(|a| a.task_id) != Some(identity.task_id)
         {
-            return Err(Stop::Outcome(outcome_from_collection(ext, identity.task_id)));
+            return Err(Stop::Outcome(outcome_from_collection(
+                ext,
+                identity.task_id,
+            )));
         }
         if !slot.live {
             let r = self
@@ -359,7 +365,8 @@ impl ExternalWorker {
             fragments_listed: listing.len() as u64,
             ..TaskProgress::default()
         };
-        self.progress(identity, TaskPhase::Listing, progress).await?;
+        self.progress(identity, TaskPhase::Listing, progress)
+            .await?;
 
         // The fragment lists of the current segments, read in parallel.
         let current: Vec<Current> = futures::stream::iter(slot.segments.iter().cloned())
@@ -429,11 +436,15 @@ impl ExternalWorker {
 
         // New segments: ids from the log's allocator, one fragment list object each.
         let bins = pack(fragments, identity.config.spec.target_rows_per_segment);
-        self.progress(identity, TaskPhase::Writing, progress).await?;
+        self.progress(identity, TaskPhase::Writing, progress)
+            .await?;
         let first_id = if bins.is_empty() {
             0
         } else {
-            self.ids.next_range(bins.len() as u64).await.map_err(Error::from)?
+            self.ids
+                .next_range(bins.len() as u64)
+                .await
+                .map_err(Error::from)?
         };
         let collection_id = identity.collection_id;
         let shard_count = slot.shard_count.max(1);

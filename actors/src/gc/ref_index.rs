@@ -980,11 +980,19 @@ mod tests {
         // makes the old list a dropped file, never a fragment.
         f.collection(
             0,
-            refreshed(1, vec![], vec![segment(5, &["data/1/external/5.fragments.json"])]),
+            refreshed(
+                1,
+                vec![],
+                vec![segment(5, &["data/1/external/5.fragments.json"])],
+            ),
         );
         f.collection(
             10,
-            refreshed(2, vec![5], vec![segment(6, &["data/1/external/6.fragments.json"])]),
+            refreshed(
+                2,
+                vec![5],
+                vec![segment(6, &["data/1/external/6.fragments.json"])],
+            ),
         );
         assert_eq!(
             f.planned(u64::MAX / 2, 0),
@@ -1013,7 +1021,10 @@ mod tests {
         }
         assert!(!f.index.is_protected("data/lake/elsewhere.parquet"));
         let planned = f.planned(u64::MAX / 2, 0);
-        assert!(planned.iter().all(|k| k.ends_with(".fragments.json")), "{planned:?}");
+        assert!(
+            planned.iter().all(|k| k.ends_with(".fragments.json")),
+            "{planned:?}"
+        );
         // And it survives a checkpoint.
         let bytes = f.index.to_checkpoint(("collection-1", 5)).unwrap();
         let (back, _, _) = RefIndex::from_checkpoint(&bytes).unwrap();
@@ -1027,7 +1038,11 @@ mod tests {
         assert!(!f.index.is_protected("srv/lake/x.parquet"));
         f.collection(
             0,
-            refreshed(1, vec![], vec![segment(5, &["data/1/external/5.fragments.json"])]),
+            refreshed(
+                1,
+                vec![],
+                vec![segment(5, &["data/1/external/5.fragments.json"])],
+            ),
         );
         f.collection(
             0,
@@ -1040,7 +1055,10 @@ mod tests {
             },
         );
         f.collection(0, refreshed(2, vec![5], vec![]));
-        assert!(f.planned(u64::MAX / 2, 0).is_empty(), "the pin holds the list");
+        assert!(
+            f.planned(u64::MAX / 2, 0).is_empty(),
+            "the pin holds the list"
+        );
         f.collection(0, CollectionEvent::SnapshotUnpinned { snapshot_id: 9 });
         assert_eq!(
             f.planned(u64::MAX / 2, 0),

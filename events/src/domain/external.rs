@@ -407,9 +407,8 @@ impl FragmentList {
         struct Probe {
             format_version: u32,
         }
-        let probe: Probe = serde_json::from_slice(bytes).map_err(|e| {
-            Error::internal(format!("fragment list '{key}' is malformed: {e}"))
-        })?;
+        let probe: Probe = serde_json::from_slice(bytes)
+            .map_err(|e| Error::internal(format!("fragment list '{key}' is malformed: {e}")))?;
         if probe.format_version > FRAGMENT_LIST_FORMAT {
             return Err(Error::failed_precondition(format!(
                 "fragment list '{key}' has format version {}; this build reads up to {FRAGMENT_LIST_FORMAT}: upgrade snapvault",
@@ -428,7 +427,10 @@ pub enum TaskEnd {
     /// A change of source or spec aborted it; it committed nothing.
     Superseded,
     Cancelled,
-    Failed { key: String, reason: String },
+    Failed {
+        key: String,
+        reason: String,
+    },
 }
 
 impl TaskEnd {
@@ -531,9 +533,16 @@ impl TaskOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExternalTaskCommand {
-    Start { identity: TaskIdentity },
-    Progress { phase: TaskPhase, progress: TaskProgress },
-    Finish { outcome: TaskOutcome },
+    Start {
+        identity: TaskIdentity,
+    },
+    Progress {
+        phase: TaskPhase,
+        progress: TaskProgress,
+    },
+    Finish {
+        outcome: TaskOutcome,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -580,7 +589,11 @@ mod tests {
             ("data/lake/t1/", "data/lake/t1/"),
         ];
         for (input, normal) in ok {
-            assert_eq!(parse_source(input).map(|x| x.0).ok(), Some(normal.into()), "{input}");
+            assert_eq!(
+                parse_source(input).map(|x| x.0).ok(),
+                Some(normal.into()),
+                "{input}"
+            );
         }
         for bad in [
             "",
@@ -619,7 +632,10 @@ mod tests {
             (r#"{"format":"csv"}"#, "unknown"),
             (r#"{"format":7}"#, "must be a string"),
             (r#"{}"#, "must name its format"),
-            (r#"{"format":"parquet","target_rows_per_segment":0}"#, "1..="),
+            (
+                r#"{"format":"parquet","target_rows_per_segment":0}"#,
+                "1..=",
+            ),
             (r#"{"format":"parquet","colums":["a"]}"#, "unknown field"),
             (r#"{"format":"parquet","columns":["a","a"]}"#, "twice"),
         ] {
