@@ -426,7 +426,10 @@ impl ExternalWorker {
         while let Some(r) = reads.next().await {
             fragments.push(r?);
             progress.footers_read += 1;
-            if progress.footers_read % self.config.progress_every.max(1) == 0 {
+            if progress
+                .footers_read
+                .is_multiple_of(self.config.progress_every.max(1))
+            {
                 self.progress(identity, TaskPhase::ReadingFooters, progress)
                     .await?;
             }
@@ -596,10 +599,10 @@ pub async fn scan_unfinished(log: &dyn EventLog) -> Result<UnfinishedTasks, Erro
                         out.active.insert(cid, task_id);
                     }
                     CollectionEvent::ExternalTaskEnded { task_id, .. }
-                    | CollectionEvent::ExternalRefreshed { task_id, .. } => {
-                        if out.active.get(&cid) == Some(&task_id) {
-                            out.active.remove(&cid);
-                        }
+                    | CollectionEvent::ExternalRefreshed { task_id, .. }
+                        if out.active.get(&cid) == Some(&task_id) =>
+                    {
+                        out.active.remove(&cid);
                     }
                     _ => {}
                 }
