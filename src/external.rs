@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often `wait` looks at a task run by another process.
-const WAIT_POLL: Duration = Duration::from_millis(50);
+const WAIT_POLL: Duration = Duration::from_millis(5);
 
 /// The node's running refresh tasks (at most one local run per task).
 #[derive(Clone)]
