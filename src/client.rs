@@ -36,6 +36,7 @@ pub struct CreateCollectionRequest {
     pub partitions: Vec<String>,
 }
 
+/// Built by `Node::start_with` from the parts it started.
 #[derive(Clone)]
 pub struct Client {
     pub(crate) registry: Registry,
@@ -45,29 +46,10 @@ pub struct Client {
     pub(crate) snapshot_worker: SnapshotWorker,
     pub(crate) gc: Gc,
     pub(crate) restores: Restores,
+    pub(crate) external: crate::external::ExternalRuntime,
 }
 
 impl Client {
-    pub(crate) fn new(
-        registry: Registry,
-        ids: Arc<IdAllocator>,
-        store: Arc<dyn ObjectStore>,
-        snapshots: SnapshotIndex,
-        snapshot_worker: SnapshotWorker,
-        gc: Gc,
-        restores: Restores,
-    ) -> Self {
-        Client {
-            registry,
-            ids,
-            store,
-            snapshots,
-            snapshot_worker,
-            gc,
-            restores,
-        }
-    }
-
     /// The node's object store (the host writes segment files into it).
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
@@ -141,6 +123,17 @@ impl Client {
         request: CreateCollectionRequest,
         restoring_job: Option<u64>,
     ) -> Result<CollectionView, Error> {
+        self.create_collection_full(request, restoring_job, None)
+            .await
+    }
+
+    /// Create a collection, possibly external (`external.rs`) or restoring.
+    pub(crate) async fn create_collection_full(
+        &self,
+        request: CreateCollectionRequest,
+        restoring_job: Option<u64>,
+        external: Option<snapvault_events::domain::external::ExternalConfig>,
+    ) -> Result<CollectionView, Error> {
         validate_name("collection name", &request.name)?;
         // Fast path: a name held by a live collection is refused before anything is written.
         let stale = match self.catalog_entry(&request.name).await? {
@@ -173,6 +166,7 @@ impl Client {
             partitions: request.partitions.clone(),
             restoring_job,
             indexes: Vec::new(),
+            external,
         };
         // Validate fully before allocating an id or writing anything.
         <Collection as snapvault_actors::Aggregate>::decide(

@@ -11,8 +11,10 @@
 
 pub mod client;
 pub mod config;
+pub mod external;
 pub mod gc;
 pub mod host;
+pub mod lake;
 pub mod node;
 pub mod restores;
 pub mod snapshots;

@@ -129,15 +129,29 @@ impl Node {
             config: restore,
         })
         .await?;
-        let client = Client::new(
-            registry.clone(),
+        // External refresh tasks: sources are local directories or prefixes of this store.
+        let external = crate::external::ExternalRuntime::new(
+            snapvault_actors::external::worker::ExternalWorker {
+                registry: registry.clone(),
+                store: parts.store.clone(),
+                sources: Arc::new(snapvault_actors::external::source::DefaultSources {
+                    own: parts.store.clone(),
+                }),
+                ids: ids.clone(),
+                clock: parts.clock.clone(),
+                config: Default::default(),
+            },
+        );
+        let client = Client {
+            registry: registry.clone(),
             ids,
-            parts.store.clone(),
+            store: parts.store.clone(),
             snapshots,
-            worker,
+            snapshot_worker: worker,
             gc,
             restores,
-        );
+            external,
+        };
         // Finish what a previous process left unfinished (pending creates, drops, pins).
         let resumer = client.clone();
         let resume = tokio::spawn(async move {
@@ -146,6 +160,10 @@ impl Node {
             }
             if let Err(e) = resumer.resume_restores(head_at_start).await {
                 tracing::warn!(error = %e, "resuming restore jobs failed; it is retried at the next start");
+            }
+            // Unfinished external refresh tasks: exactly one active per collection, resumed.
+            if let Err(e) = resumer.resume_external().await {
+                tracing::warn!(error = %e, "resuming external tasks failed; it is retried at the next start");
             }
         });
         Ok(Node {
@@ -173,6 +191,7 @@ impl Node {
             .restores
             .shutdown(RESTORE_STOP_WAIT_ON_SHUTDOWN)
             .await;
+        self.client.external.shutdown(RESUME_WAIT_ON_SHUTDOWN).await;
         self.client.snapshots.stop().await;
         self.client.gc.stop().await;
         self.registry.shutdown().await;

@@ -429,3 +429,90 @@ async fn bad_input_is_refused_with_codes_and_creates_nothing() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_collection_restores_with_its_fragment_mapping_and_copies_no_fragment() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_dir = dir.path().join("lake");
+    std::fs::create_dir_all(&lake_dir).unwrap();
+    for i in 0..6u64 {
+        snapvault::lake::write_local(&lake_dir.join(format!("part-{i}.parquet")), i, 100 + i)
+            .unwrap();
+    }
+    let node = start(&dir.path().join("d")).await;
+    let c = node.client();
+    let source = format!("file://{}/", lake_dir.display());
+    c.create_external_collection(
+        CreateCollectionRequest {
+            name: "ext".into(),
+            shard_count: 1,
+            ..Default::default()
+        },
+        &source,
+        r#"{"format":"parquet","target_rows_per_segment":250}"#,
+    )
+    .await
+    .unwrap();
+    let t = c.refresh_external("ext").await.unwrap();
+    c.wait_external_task(t.task_id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    c.create_snapshot(CreateSnapshotRequest {
+        collection: "ext".into(),
+        name: "s".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let job = c.start_restore(restore_req("ext", "ext2")).await.unwrap();
+    let done = wait(&c, job.job_id).await;
+    assert_eq!(done.status, RestoreStatus::Completed, "{done:?}");
+    assert_eq!(done.totals.files, 0, "no fragment is copied");
+    let src = c.describe_collection("ext").await.unwrap();
+    let dst = c.describe_collection("ext2").await.unwrap();
+    assert_eq!(dst.segments.len(), src.segments.len());
+    // Same fragments behind the restored segments, under lists of the target's own.
+    let fragments = |v: &snapvault::views::CollectionView| {
+        let mut all = Vec::new();
+        for s in &v.segments {
+            assert_eq!(s.files.len(), 1);
+            all.push(s.files[0].key.clone());
+        }
+        all
+    };
+    let mut src_frags = Vec::new();
+    for key in fragments(&src) {
+        let b = host::read_file(&**c.store(), &key).await.unwrap();
+        let list = snapvault_events::domain::external::FragmentList::decode(&key, &b).unwrap();
+        src_frags.extend(list.fragments.into_iter().map(|f| (f.key, f.rows)));
+    }
+    let mut dst_frags = Vec::new();
+    for key in fragments(&dst) {
+        assert!(
+            key.starts_with(&format!("data/{}/external/", dst.id)),
+            "{key}"
+        );
+        let b = host::read_file(&**c.store(), &key).await.unwrap();
+        let list = snapvault_events::domain::external::FragmentList::decode(&key, &b).unwrap();
+        assert_eq!(list.collection_id, dst.id);
+        dst_frags.extend(list.fragments.into_iter().map(|f| (f.key, f.rows)));
+    }
+    src_frags.sort();
+    dst_frags.sort();
+    assert_eq!(src_frags, dst_frags);
+    assert_eq!(src_frags.len(), 6);
+    // The restored collection is external too, and refreshes find nothing changed.
+    let t = c.refresh_external("ext2").await.unwrap();
+    let ended = c
+        .wait_external_task(t.task_id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, "committed", "{ended:?}");
+    let counts = ended.counts.expect("a committed refresh has counts");
+    assert_eq!(
+        (counts.kept, counts.dropped, counts.added),
+        (src.segments.len() as u64, 0, 0),
+        "every restored segment is kept: same fragments, same source"
+    );
+    node.shutdown().await;
+}

@@ -11,6 +11,7 @@ pub mod collection;
 pub mod copy_audit;
 pub mod crash_points;
 pub mod entity;
+pub mod external;
 pub mod gc;
 pub mod projection;
 pub mod registry;

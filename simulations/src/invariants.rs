@@ -109,6 +109,8 @@ pub struct Truth {
     pub cuts: BTreeMap<SnapshotId, Cut>,
     /// Keys GC announced it reclaims, with the position of the first announcement.
     pub reclaiming: BTreeMap<String, u64>,
+    /// External collections: tasks, commits, source prefixes (`external_check.rs`).
+    pub external: crate::external_check::ExternalTruth,
 }
 
 impl Truth {
@@ -336,6 +338,21 @@ impl Checker {
             let e: CollectionEvent = decode(env).map_err(|e| format!("{at}: {e}"))?;
             self.show(env, &e);
             self.check_collection_ids(&at, id, &e)?;
+            {
+                let before = self
+                    .truth
+                    .collections
+                    .get(&id)
+                    .map(|r| r.state.clone())
+                    .unwrap_or_default();
+                self.truth.external.on_collection_event(
+                    &at,
+                    &before,
+                    &e,
+                    self.ids_end,
+                    &self.segment_ids,
+                )?;
+            }
             let r = self.truth.collections.entry(id).or_default();
             Collection::evolve(&mut r.state, &e);
             r.version = env.version;
@@ -369,6 +386,11 @@ impl Checker {
                 // GC may only ever announce what nothing needs at that point of the log.
                 let protected = self.truth.protected_files();
                 for k in keys {
+                    if self.truth.external.under_source(&k) {
+                        return Err(format!(
+                            "{at}: GC announces reclaiming '{k}', a fragment of an external source (the user's)"
+                        ));
+                    }
                     if let Some(p) = protected.get(&k) {
                         return Err(format!(
                             "{at}: GC announces reclaiming '{k}', which {} still needs",
@@ -378,6 +400,14 @@ impl Checker {
                     self.truth.reclaiming.entry(k).or_insert(env.position);
                 }
             }
+        } else if let Some(id) = env.stream.strip_prefix("external-") {
+            let id: u64 = id
+                .parse()
+                .map_err(|_| format!("{at}: malformed external task stream name"))?;
+            let e: snapvault_events::domain::external::ExternalTaskEvent =
+                decode(env).map_err(|e| format!("{at}: {e}"))?;
+            self.show(env, &e);
+            self.truth.external.on_task_event(&at, id, &e)?;
         } else {
             // Restore-job streams get their arm here when they exist.
             return Err(format!("{at}: unknown stream kind"));
@@ -762,7 +792,10 @@ impl Checker {
                 .map_err(|e| e.to_string())?;
             for m in listed {
                 let key = m.location.to_string();
-                if !protected.contains_key(&key) && !self.truth.under_committed_snapshot(&key) {
+                if !protected.contains_key(&key)
+                    && !self.truth.under_committed_snapshot(&key)
+                    && !self.truth.external.under_source(&key)
+                {
                     return Err(format!(
                         "GC converged but '{key}' is still in the store and nothing needs it"
                     ));

@@ -19,6 +19,8 @@
 //! - [`trace`]: the trace hash;
 //! - [`runner`]: one seed — setup, steps with crashes, liveness, final check.
 
+pub mod external_check;
+pub mod external_ops;
 pub mod faults;
 pub mod invariants;
 pub mod model;

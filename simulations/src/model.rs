@@ -131,6 +131,9 @@ pub struct Model {
     expect_dropped: BTreeSet<CollectionId>,
     expect_gone: BTreeSet<(CollectionId, SegmentId)>,
     expect_partition_dropped: BTreeSet<(CollectionId, PartitionId)>,
+    /// External collections (seen in the log): their segments come and go with refreshes,
+    /// so the model asserts nothing about them.
+    pub external: BTreeSet<CollectionId>,
 }
 
 impl Model {
@@ -446,6 +449,9 @@ impl Model {
             let Some(state) = truth.live_collection(*id) else {
                 continue;
             };
+            if state.external.is_some() {
+                self.external.insert(*id);
+            }
             let c = self.collections.entry(*id).or_insert_with(|| MCollection {
                 name: name.clone(),
                 shard_count: state.shard_count,
@@ -466,6 +472,10 @@ impl Model {
                 .filter(|i| !i.dropped)
                 .map(|i| i.name.clone())
                 .collect();
+            if state.external.is_some() {
+                c.segments.clear();
+                continue;
+            }
             for (sid, seg) in &state.segments {
                 c.segments.entry(*sid).or_insert_with(|| MSegment {
                     partition_id: seg.partition_id,

@@ -533,6 +533,7 @@ impl Sim {
             .await
             .map_err(|_| "liveness: resuming unfinished work hung".to_string())?
             .map_err(|e| format!("liveness: resuming unfinished work failed: {e}"))?;
+        self.settle_external(client).await?;
         self.checker
             .ingest(self.log.inner(), &mut self.trace)
             .await?;
@@ -598,6 +599,9 @@ impl Sim {
         // 2. With faults healed, real work succeeds every time.
         let mut ops = Vec::new();
         for (id, c) in self.model.live_collections() {
+            if self.model.external.contains(&id) {
+                continue; // the host does not write into external collections
+            }
             if let Some((pid, p)) = c.partitions.iter().next() {
                 ops.push(Op::Flush {
                     id,
@@ -704,7 +708,95 @@ impl Sim {
                 &committed,
             )
             .await?;
-        self.checker.check_converged(self.store.inner()).await
+        self.checker.check_converged(self.store.inner()).await?;
+        // External collections: one more refresh each, with nothing else running, must make
+        // every one mirror its source exactly.
+        // Only collections a name points at (a create that lost the race for its name leaves
+        // a stream that is not live to the catalog).
+        let truth = self.checker.truth();
+        let names: Vec<String> = truth
+            .collections
+            .iter()
+            .filter(|(id, r)| {
+                r.state.is_live()
+                    && r.state.external.is_some()
+                    && truth.catalog.names.get(&r.state.name) == Some(*id)
+            })
+            .map(|(_, r)| r.state.name.clone())
+            .collect();
+        for name in names {
+            let t = tokio::time::timeout(OP_TIMEOUT, client.refresh_external(&name))
+                .await
+                .map_err(|_| format!("liveness: refresh of '{name}' hung"))?
+                .map_err(|e| {
+                    format!("liveness: refresh of '{name}' failed with faults healed: {e}")
+                })?;
+            let done = client
+                .wait_external_task(t.task_id, OP_TIMEOUT)
+                .await
+                .map_err(|e| format!("liveness: refresh task of '{name}': {e}"))?;
+            self.note(format!("liveness: refresh {name} -> {}", done.status));
+            if done.status != "committed"
+                && !done
+                    .reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("no Parquet fragments")
+            {
+                return Err(format!(
+                    "liveness: the final refresh of '{name}' did not commit: {done:?}"
+                ));
+            }
+        }
+        self.checker
+            .ingest(self.log.inner(), &mut self.trace)
+            .await?;
+        let live: BTreeMap<u64, &snapvault_actors::collection::CollectionState> = self
+            .checker
+            .truth()
+            .collections
+            .iter()
+            .filter(|(id, r)| {
+                r.state.is_live()
+                    && self.checker.truth().catalog.names.get(&r.state.name) == Some(*id)
+            })
+            .map(|(id, r)| (*id, &r.state))
+            .collect();
+        crate::external_check::check_mirror(&live, self.store.inner()).await
+    }
+
+    /// Resume and finish every external task, then require that none is left running.
+    async fn settle_external(&mut self, client: &Client) -> Result<(), String> {
+        client
+            .resume_external()
+            .await
+            .map_err(|e| format!("liveness: resuming external tasks failed: {e}"))?;
+        client
+            .external_idle(OP_TIMEOUT)
+            .await
+            .map_err(|e| format!("liveness: external tasks do not settle: {e}"))?;
+        self.checker
+            .ingest(self.log.inner(), &mut self.trace)
+            .await?;
+        let truth = self.checker.truth();
+        for (id, t) in &truth.external.tasks {
+            if t.is_running() {
+                return Err(format!(
+                    "liveness: external task {id} is still running after settling"
+                ));
+            }
+        }
+        for (id, r) in &truth.collections {
+            if let Some(a) = r.state.external.as_ref().and_then(|e| e.active.as_ref())
+                && r.state.is_live()
+            {
+                return Err(format!(
+                    "liveness: collection {id} still holds task {} as active after settling",
+                    a.task_id
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn run_must_succeed(&mut self, client: &Client, ops: Vec<Op>) -> Result<(), String> {

@@ -51,9 +51,15 @@ pub enum OpKind {
     CreateSnapshotTwin,
     DropSnapshot,
     Gc,
+    // external collections (`external_ops.rs`)
+    LakeWrite,
+    ExternalCreate,
+    ExternalRefresh,
+    ExternalAlter,
+    ExternalCancel,
 }
 
-pub const ALL_KINDS: [OpKind; 17] = [
+pub const ALL_KINDS: [OpKind; 22] = [
     OpKind::Create,
     OpKind::CreateTwin,
     OpKind::Drop,
@@ -71,6 +77,11 @@ pub const ALL_KINDS: [OpKind; 17] = [
     OpKind::CreateSnapshotTwin,
     OpKind::DropSnapshot,
     OpKind::Gc,
+    OpKind::LakeWrite,
+    OpKind::ExternalCreate,
+    OpKind::ExternalRefresh,
+    OpKind::ExternalAlter,
+    OpKind::ExternalCancel,
 ];
 
 impl OpKind {
@@ -94,6 +105,11 @@ impl OpKind {
             OpKind::CreateSnapshotTwin => 1,
             OpKind::DropSnapshot => 1,
             OpKind::Gc => 2,
+            OpKind::LakeWrite => 3,
+            OpKind::ExternalCreate => 1,
+            OpKind::ExternalRefresh => 3,
+            OpKind::ExternalAlter => 1,
+            OpKind::ExternalCancel => 1,
         }
     }
 
@@ -106,7 +122,7 @@ impl OpKind {
 /// The shape of a seed's workload, drawn from the seed (swarm).
 #[derive(Debug, Clone)]
 pub struct WorkloadMix {
-    pub weights: [u32; 17],
+    pub weights: [u32; 22],
     /// Most operations run concurrently in one step.
     pub max_concurrency: u64,
     /// Collection names are drawn from `c0..c{names}`: few names, so they collide.
@@ -121,7 +137,7 @@ pub struct WorkloadMix {
 
 impl WorkloadMix {
     pub fn draw(rng: &mut Prng) -> WorkloadMix {
-        let mut weights = [0u32; 17];
+        let mut weights = [0u32; 22];
         for (w, kind) in weights.iter_mut().zip(ALL_KINDS) {
             let off = !kind.essential() && rng.below(4) == 0;
             *w = if off {
@@ -228,6 +244,8 @@ pub enum Op {
         snapshot: String,
     },
     /// A GC cycle on demand; `None` keeps the node's configured window.
+    /// External collections and their lakes (`external_ops.rs`).
+    External(crate::external_ops::ExternalOp),
     Gc {
         dry_run: bool,
         dropped_retention_ms: Option<u64>,
@@ -239,6 +257,7 @@ impl Op {
     /// A short, deterministic description for the trace.
     pub fn label(&self) -> String {
         match self {
+            Op::External(e) => e.label(),
             Op::Create {
                 name, shard_count, ..
             } => format!("create {name} shards={shard_count}"),
@@ -292,6 +311,7 @@ impl Op {
     /// The collection name the operation addresses, if any.
     pub fn collection_name(&self) -> Option<&str> {
         match self {
+            Op::External(e) => e.collection_name(),
             Op::Create { name, .. }
             | Op::Drop { name, .. }
             | Op::CreatePartition { name, .. }
@@ -395,6 +415,18 @@ fn plan_one(rng: &mut Prng, model: &Model, mix: &WorkloadMix, kind: OpKind) -> O
             // recording it: see `Swarm::draw`.
             orphan_window_ms: *rng.pick(&[None, Some(120_000)])?,
         }]);
+    }
+    let external_kind = match kind {
+        OpKind::LakeWrite => Some(0),
+        OpKind::ExternalCreate => Some(1),
+        OpKind::ExternalRefresh => Some(2),
+        OpKind::ExternalAlter => Some(3),
+        OpKind::ExternalCancel => Some(4),
+        _ => None,
+    };
+    if let Some(k) = external_kind {
+        let ops = crate::external_ops::plan(rng, model, k)?;
+        return Some(ops.into_iter().map(Op::External).collect());
     }
     if kind == OpKind::DropSnapshot {
         let all: Vec<(&SnapshotId, &MSnapshot)> = model.snapshots.iter().collect();
@@ -517,7 +549,15 @@ fn plan_one(rng: &mut Prng, model: &Model, mix: &WorkloadMix, kind: OpKind) -> O
                 key,
             })
         }
-        OpKind::Create | OpKind::CreateTwin | OpKind::DropSnapshot | OpKind::Gc => return None,
+        OpKind::Create
+        | OpKind::CreateTwin
+        | OpKind::DropSnapshot
+        | OpKind::Gc
+        | OpKind::LakeWrite
+        | OpKind::ExternalCreate
+        | OpKind::ExternalRefresh
+        | OpKind::ExternalAlter
+        | OpKind::ExternalCancel => return None,
     };
     Some(vec![op])
 }
@@ -543,6 +583,7 @@ pub async fn execute(ctx: &OpCtx, op: &Op) -> Result<Vec<Effect>, Error> {
     let client = &ctx.client;
     let store = &**client.store();
     match op {
+        Op::External(e) => crate::external_ops::execute(client, e).await,
         Op::Create {
             name,
             shard_count,

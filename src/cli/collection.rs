@@ -35,6 +35,9 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), Error> {
             )));
         }
     }
+    if args.external_source.is_some() {
+        return super::external::create(ctx, args, properties, schema_json).await;
+    }
     let view = ctx
         .client
         .create_collection(CreateCollectionRequest {

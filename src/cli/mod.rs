@@ -9,6 +9,7 @@
 pub mod collection;
 pub mod compact;
 pub mod demo;
+pub mod external;
 pub mod gc;
 pub mod index;
 pub mod ingest;
@@ -76,6 +77,9 @@ pub enum Command {
     /// Garbage collection: reclaim dropped files, dropped snapshots, failed restores, orphans.
     #[command(subcommand)]
     Gc(GcCmd),
+    /// Refresh external collections from their sources: refresh, status, cancel.
+    #[command(subcommand)]
+    External(ExternalCmd),
     /// Run the node in the foreground until SIGTERM or Ctrl-C.
     Serve,
     /// The main job end to end on the data directory: create, ingest, compact, describe.
@@ -110,6 +114,31 @@ pub enum CollectionCmd {
     Describe { name: String },
     /// Drop a collection (its snapshots, when there are any, outlive it).
     Drop { name: String },
+    /// Change an external collection's source and/or spec: the running refresh is
+    /// superseded (it commits nothing) and a new one starts.
+    Alter {
+        name: String,
+        /// The new source: file:///abs/dir/, s3://bucket/prefix/ or a prefix of the store.
+        #[arg(long, value_name = "PREFIX")]
+        external_source: Option<String>,
+        /// A JSON file with the new spec.
+        #[arg(long, value_name = "FILE")]
+        external_spec: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExternalCmd {
+    /// Start a refresh (or show the one running); with --wait, follow it to its end.
+    Refresh {
+        collection: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Source, spec, what is mirrored, the running and the last refresh.
+    Status { collection: String },
+    /// Cancel the running refresh (it commits nothing).
+    Cancel { collection: String },
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +156,14 @@ pub struct CreateArgs {
     /// A property `key=value` (repeatable).
     #[arg(long = "property", value_name = "K=V")]
     pub properties: Vec<String>,
+    /// Make it external: its segments mirror the Parquet files under this prefix
+    /// (file:///abs/dir/, s3://bucket/prefix/, or a prefix of the node's store).
+    #[arg(long, value_name = "PREFIX")]
+    pub external_source: Option<String>,
+    /// A JSON file with the external spec: {"format":"parquet","columns":[...],
+    /// "target_rows_per_segment":N} (default: parquet, all columns, 1000000 rows).
+    #[arg(long, value_name = "FILE", requires = "external_source")]
+    pub external_spec: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -356,6 +393,26 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
             CollectionCmd::List => collection::list(ctx).await,
             CollectionCmd::Describe { name } => collection::describe(ctx, &name).await,
             CollectionCmd::Drop { name } => collection::drop(ctx, &name).await,
+            CollectionCmd::Alter {
+                name,
+                external_source,
+                external_spec,
+            } => {
+                external::alter(
+                    ctx,
+                    &name,
+                    external_source.as_deref(),
+                    external_spec.as_deref(),
+                )
+                .await
+            }
+        },
+        Command::External(e) => match e {
+            ExternalCmd::Refresh { collection, wait } => {
+                external::refresh(ctx, &collection, wait).await
+            }
+            ExternalCmd::Status { collection } => external::status(ctx, &collection).await,
+            ExternalCmd::Cancel { collection } => external::cancel(ctx, &collection).await,
         },
         Command::Partition(p) => index::partition(ctx, p).await,
         Command::Index(i) => index::index(ctx, i).await,
@@ -396,7 +453,21 @@ fn check_args(command: &Command) -> Result<(), Error> {
                 a.partitions.iter().try_for_each(|p| partition(p))?;
                 a.properties
                     .iter()
-                    .try_for_each(|p| collection::parse_property(p).map(|_| ()))
+                    .try_for_each(|p| collection::parse_property(p).map(|_| ()))?;
+                external::check(a.external_source.as_deref(), a.external_spec.as_deref())
+            }
+            CollectionCmd::Alter {
+                name,
+                external_source,
+                external_spec,
+            } => {
+                collection(name)?;
+                if external_source.is_none() && external_spec.is_none() {
+                    return Err(Error::invalid_argument(
+                        "collection alter needs --external-source, --external-spec or both",
+                    ));
+                }
+                external::check(external_source.as_deref(), external_spec.as_deref())
             }
             CollectionCmd::List => Ok(()),
             CollectionCmd::Describe { name } | CollectionCmd::Drop { name } => collection(name),
@@ -469,6 +540,11 @@ fn check_args(command: &Command) -> Result<(), Error> {
             Ok(())
         }
         Command::Gc(GcCmd::Status) => Ok(()),
+        Command::External(
+            ExternalCmd::Refresh { collection: c, .. }
+            | ExternalCmd::Status { collection: c }
+            | ExternalCmd::Cancel { collection: c },
+        ) => collection(c),
         Command::Serve | Command::Demo => Ok(()),
     }
 }

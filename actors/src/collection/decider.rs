@@ -58,6 +58,8 @@ pub struct CollectionState {
     pub next_index_id: IndexId,
     /// Snapshots pinned on this collection and not released, by id.
     pub pins: BTreeMap<SnapshotId, String>,
+    /// Set for an external collection (`external.rs`).
+    pub external: Option<super::external::ExternalState>,
 }
 
 impl CollectionState {
@@ -96,7 +98,7 @@ impl CollectionState {
         (files, bytes)
     }
 
-    fn require_live(&self) -> Result<(), Error> {
+    pub(crate) fn require_live(&self) -> Result<(), Error> {
         if !self.exists {
             return Err(Error::not_found("collection not found"));
         }
@@ -333,6 +335,10 @@ impl Aggregate for Collection {
     ) -> Result<Vec<CollectionEvent>, Error> {
         use CollectionCommand as C;
         use CollectionEvent as E;
+        if let Some(out) = super::external::decide(s, command, now_ms) {
+            return out;
+        }
+        super::external::refuse_host_write(s, command)?;
         match command {
             C::Create(c) => {
                 if s.exists {
@@ -342,6 +348,7 @@ impl Aggregate for Collection {
                     )));
                 }
                 let partitions = check_create(c)?;
+                super::external::check_create(c)?;
                 let mut events = vec![E::Created {
                     collection_id: c.collection_id,
                     name: c.name.clone(),
@@ -356,6 +363,7 @@ impl Aggregate for Collection {
                     },
                     restoring_job: c.restoring_job,
                     created_ms: now_ms,
+                    external: c.external.clone(),
                 }];
                 let mut names = BTreeSet::new();
                 for (n, i) in c.indexes.iter().enumerate() {
@@ -674,6 +682,12 @@ impl Aggregate for Collection {
                     Ok(vec![])
                 }
             }
+            C::AlterExternal { .. }
+            | C::BeginExternalTask { .. }
+            | C::EndExternalTask { .. }
+            | C::CommitExternalRefresh(_) => Err(Error::internal(
+                "external commands are decided in collection::external",
+            )),
         }
     }
 
@@ -690,8 +704,10 @@ impl Aggregate for Collection {
                 status,
                 restoring_job,
                 created_ms,
+                external,
             } => {
                 s.exists = true;
+                s.external = super::external::created(external);
                 s.created_ms = *created_ms;
                 s.collection_id = *collection_id;
                 s.name = name.clone();
@@ -771,6 +787,11 @@ impl Aggregate for Collection {
             E::SegmentFlushed { segment } => {
                 s.segments
                     .insert(segment.segment_id, Arc::new(segment.clone()));
+                // The host cannot flush into an external collection; a restore stages its
+                // segments this way, and they mirror the source like refreshed ones.
+                if let Some(ext) = s.external.as_mut() {
+                    ext.segments.insert(segment.segment_id);
+                }
             }
             E::SegmentsCompacted { compacted, into } => {
                 for id in compacted {
@@ -804,6 +825,12 @@ impl Aggregate for Collection {
                 s.pins.remove(snapshot_id);
             }
             E::RestoreCompleted { .. } => s.status = Some(CollectionStatus::Ready),
+            E::ExternalAltered { .. }
+            | E::ExternalTaskStarted { .. }
+            | E::ExternalTaskEnded { .. }
+            | E::ExternalRefreshed { .. } => {
+                super::external::evolve(s, event);
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - the actor is the generic [`crate::entity::EntityActor`] over [`Collection`].
 
 pub mod decider;
+pub mod external;
 #[cfg(test)]
 mod tests;
 

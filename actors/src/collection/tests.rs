@@ -22,6 +22,7 @@ fn create(name: &str, shards: u32, partitions: &[&str]) -> CollectionCommand {
         partitions: partitions.iter().map(|p| p.to_string()).collect(),
         restoring_job: None,
         indexes: vec![],
+        external: None,
     })
 }
 

@@ -9,7 +9,12 @@
 //!   create crashed protects its files) until the pin is released (`SnapshotUnpinned`, or the
 //!   snapshot Failed / DeleteRequested);
 //! - a restore in flight: everything under the data prefix of a collection in `Restoring`;
-//! - a snapshot's own prefix while it is Pending or Committed (its manifests).
+//! - a snapshot's own prefix while it is Pending or Committed (its manifests);
+//! - the source prefix of every external collection whose source is a prefix of the node's
+//!   own store, forever (the fragments belong to the user, even after the collection is
+//!   dropped or re-pointed). Source fragments never appear as segment files in the log (an
+//!   external segment's one file is its fragment list, which is ours), so they are never
+//!   dropped files either.
 //!
 //! A file no live segment lists any more (dropped, compacted away, index rebuilt) is
 //! *dropped*: it may go once it has been dropped longer than the retention and no snapshot
@@ -107,6 +112,8 @@ pub struct RefIndex {
     /// Keys named by `Reclaiming` of cycles that have not finished: a crash may have left
     /// some of them undeleted, so the next cycle deletes them again.
     unfinished: BTreeMap<u64, Vec<String>>,
+    /// Own-store prefixes that ever were an external collection's source (with `/`).
+    external_prefixes: std::collections::BTreeSet<String>,
 }
 
 /// One object GC decided to reclaim.
@@ -310,9 +317,26 @@ impl RefIndex {
         use CollectionEvent as E;
         let at = env.time_ms;
         match decode::<CollectionEvent>(env)? {
-            E::Created { status, .. } => {
+            E::Created {
+                status, external, ..
+            } => {
                 self.collections.entry(id).or_default().status = Some(status);
+                if let Some(config) = external {
+                    self.protect_source(&config.source);
+                }
             }
+            E::ExternalAltered { config, .. } => self.protect_source(&config.source),
+            E::ExternalRefreshed { dropped, added, .. } => {
+                // Like a compaction: add first, then drop. The files are fragment lists
+                // (ours); the source fragments are not in the log at all.
+                for seg in &added {
+                    self.add_segment(id, seg)?;
+                }
+                for s in dropped {
+                    self.drop_segment(id, s, at);
+                }
+            }
+            E::ExternalTaskStarted { .. } | E::ExternalTaskEnded { .. } => {}
             E::Dropped => {
                 let c = self.collections.entry(id).or_default();
                 c.dropped_while_restoring = c.status == Some(CollectionStatus::Restoring);
@@ -414,6 +438,14 @@ impl RefIndex {
         Ok(())
     }
 
+    fn protect_source(&mut self, source: &str) {
+        if let Ok((_, location)) = snapvault_events::domain::external::parse_source(source)
+            && let Some(prefix) = location.own_store_prefix()
+        {
+            self.external_prefixes.insert(prefix);
+        }
+    }
+
     /// Give back the slack of the growing tables (called when the index has caught up, so
     /// the memory held is what the references need, not what the replay's growth left).
     pub fn shrink(&mut self) {
@@ -444,6 +476,13 @@ impl RefIndex {
     /// The prefix that protects `key`, if any: the data prefix of a collection being restored,
     /// or the manifests of a snapshot that is Pending or Committed.
     fn protecting_prefix(&self, key: &str) -> Option<String> {
+        if let Some(p) = self
+            .external_prefixes
+            .iter()
+            .find(|p| key.starts_with(p.as_str()))
+        {
+            return Some(p.clone());
+        }
         let mut parts = key.split('/');
         match (parts.next(), parts.next(), parts.next()) {
             (Some("data"), Some(cid), _) => {
@@ -558,7 +597,7 @@ impl RefIndex {
 }
 
 /// Version of the checkpoint encoding; a checkpoint of another version is ignored (replay).
-const CHECKPOINT_FORMAT: u32 = 1;
+const CHECKPOINT_FORMAT: u32 = 2;
 
 /// Everything of the index but the hash table (rebuilt on load from the arena).
 #[derive(Serialize, Deserialize)]
@@ -574,6 +613,7 @@ struct Checkpoint {
     snapshots: BTreeMap<SnapshotId, SnapshotRefs>,
     last_cycle: u64,
     unfinished: BTreeMap<u64, Vec<String>>,
+    external_prefixes: std::collections::BTreeSet<String>,
 }
 
 impl RefIndex {
@@ -591,6 +631,7 @@ impl RefIndex {
             snapshots: self.snapshots.clone(),
             last_cycle: self.last_cycle,
             unfinished: self.unfinished.clone(),
+            external_prefixes: self.external_prefixes.clone(),
         };
         let mut out = vec![0u8; 4];
         rmp_serde::encode::write(&mut out, &c)
@@ -647,6 +688,7 @@ impl RefIndex {
             snapshots: c.snapshots,
             last_cycle: c.last_cycle,
             unfinished: c.unfinished,
+            external_prefixes: c.external_prefixes,
         };
         let mut table = HashTable::with_capacity(ix.files.len());
         for n in 0..ix.files.len() as FileNo {
@@ -741,6 +783,7 @@ mod tests {
             status,
             restoring_job: None,
             created_ms: 0,
+            external: None,
         }
     }
 
@@ -903,6 +946,129 @@ mod tests {
             },
         );
         assert_eq!(f.index.reclaimed_keys().count(), 0);
+    }
+
+    fn external_created(source: &str) -> CollectionEvent {
+        let mut e = created(CollectionStatus::Ready);
+        if let CollectionEvent::Created { external, .. } = &mut e {
+            *external = Some(snapvault_events::domain::external::ExternalConfig {
+                source: source.into(),
+                spec: snapvault_events::domain::external::ExternalSpec::parse_json(
+                    r#"{"format":"parquet"}"#,
+                )
+                .unwrap(),
+            });
+        }
+        e
+    }
+
+    fn refreshed(task_id: u64, dropped: Vec<u64>, added: Vec<SegmentRecord>) -> CollectionEvent {
+        CollectionEvent::ExternalRefreshed {
+            task_id,
+            generation: 1,
+            kept: 0,
+            dropped,
+            added,
+            fragments: 0,
+            refreshed_ms: 0,
+        }
+    }
+
+    #[test]
+    fn an_own_store_source_is_never_reclaimed_not_as_orphans_not_after_drop_or_repoint() {
+        let mut f = Feed::new();
+        f.collection(0, external_created("data/lake/t/"));
+        let frag = "data/lake/t/part-0.parquet";
+        assert!(f.index.is_protected(frag), "the source prefix is protected");
+        assert!(!f.index.is_known(frag), "fragments are not segment files");
+        // An external segment's one file is its fragment list (ours); replacing the segment
+        // makes the old list a dropped file, never a fragment.
+        f.collection(
+            0,
+            refreshed(
+                1,
+                vec![],
+                vec![segment(5, &["data/1/external/5.fragments.json"])],
+            ),
+        );
+        f.collection(
+            10,
+            refreshed(
+                2,
+                vec![5],
+                vec![segment(6, &["data/1/external/6.fragments.json"])],
+            ),
+        );
+        assert_eq!(
+            f.planned(u64::MAX / 2, 0),
+            vec!["data/1/external/5.fragments.json"]
+        );
+        // Re-pointing and dropping the collection: the old source stays the user's.
+        f.collection(
+            20,
+            CollectionEvent::ExternalAltered {
+                config: snapvault_events::domain::external::ExternalConfig {
+                    source: "data/lake/other/".into(),
+                    spec: snapvault_events::domain::external::ExternalSpec::parse_json(
+                        r#"{"format":"parquet"}"#,
+                    )
+                    .unwrap(),
+                },
+                generation: 2,
+                superseded: None,
+                task_id: 3,
+                altered_ms: 20,
+            },
+        );
+        f.collection(30, CollectionEvent::Dropped);
+        for key in [frag, "data/lake/other/x.parquet"] {
+            assert!(f.index.is_protected(key), "{key}");
+        }
+        assert!(!f.index.is_protected("data/lake/elsewhere.parquet"));
+        let planned = f.planned(u64::MAX / 2, 0);
+        assert!(
+            planned.iter().all(|k| k.ends_with(".fragments.json")),
+            "{planned:?}"
+        );
+        // And it survives a checkpoint.
+        let bytes = f.index.to_checkpoint(("collection-1", 5)).unwrap();
+        let (back, _, _) = RefIndex::from_checkpoint(&bytes).unwrap();
+        assert!(back.is_protected(frag));
+    }
+
+    #[test]
+    fn a_pinned_external_cut_holds_its_fragment_lists_and_a_local_source_protects_nothing_here() {
+        let mut f = Feed::new();
+        f.collection(0, external_created("file:///srv/lake/"));
+        assert!(!f.index.is_protected("srv/lake/x.parquet"));
+        f.collection(
+            0,
+            refreshed(
+                1,
+                vec![],
+                vec![segment(5, &["data/1/external/5.fragments.json"])],
+            ),
+        );
+        f.collection(
+            0,
+            CollectionEvent::SnapshotPinned {
+                snapshot_id: 9,
+                name: "s".into(),
+                description: String::new(),
+                labels: Default::default(),
+                pinned_ms: 0,
+            },
+        );
+        f.collection(0, refreshed(2, vec![5], vec![]));
+        assert!(
+            f.planned(u64::MAX / 2, 0).is_empty(),
+            "the pin holds the list"
+        );
+        f.collection(0, CollectionEvent::SnapshotUnpinned { snapshot_id: 9 });
+        assert_eq!(
+            f.planned(u64::MAX / 2, 0),
+            vec!["data/1/external/5.fragments.json"]
+        );
     }
 
     #[test]

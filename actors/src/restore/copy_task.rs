@@ -37,7 +37,7 @@ pub fn copy_items(segments: &[PlannedSegment]) -> Vec<CopyItem> {
             .files
             .iter()
             .chain(p.segment.indexes.iter().flat_map(|i| i.files.iter()));
-        for f in files {
+        for f in files.filter(|f| !p.prewritten.contains(&f.key)) {
             let rel = f.key.strip_prefix(&p.dest_prefix).unwrap_or(&f.key);
             out.push(CopyItem {
                 ordinal: out.len() as u32,
@@ -98,10 +98,27 @@ fn check_plan(segments: &[PlannedSegment]) -> Result<(), Error> {
             .iter()
             .chain(p.segment.indexes.iter().flat_map(|i| i.files.iter()))
         {
-            if !f.key.starts_with(&p.dest_prefix) {
+            if !f.key.starts_with(&p.dest_prefix) && !p.prewritten.contains(&f.key) {
                 return Err(Error::invalid_argument(format!(
                     "planned key '{}' is not under its destination prefix '{}'",
                     f.key, p.dest_prefix
+                )));
+            }
+        }
+    }
+    for p in segments {
+        for key in &p.prewritten {
+            validate_object_key("prewritten key", key)?;
+            let listed = p
+                .segment
+                .files
+                .iter()
+                .chain(p.segment.indexes.iter().flat_map(|i| i.files.iter()))
+                .any(|f| &f.key == key);
+            if !listed {
+                return Err(Error::invalid_argument(format!(
+                    "prewritten key '{key}' is not a file of segment {}",
+                    p.segment.segment_id
                 )));
             }
         }

@@ -63,7 +63,7 @@ impl PlannedTask {
         let mut files = 0u64;
         let mut bytes = 0u64;
         for p in &self.segments {
-            for f in all_files(&p.segment) {
+            for f in all_files(&p.segment).filter(|f| !p.prewritten.contains(&f.key)) {
                 files += 1;
                 bytes += f.size;
             }
@@ -200,6 +200,7 @@ impl Planner {
                 files,
                 indexes,
             },
+            prewritten: Vec::new(),
         }))
     }
 

@@ -136,6 +136,7 @@ pub async fn ensure_target(
             properties: meta.properties.clone(),
             partitions,
             restoring_job: Some(request.job_id),
+            external: crate::external::restore::snapshot_external_config(meta),
             indexes: meta
                 .indexes
                 .iter()
@@ -319,13 +320,56 @@ fn plan_context(
 struct TaskRecorder<'a> {
     ctx: &'a RestoreContext,
     job_id: u64,
+    target_collection_id: u64,
+    /// The snapshot is of an external collection: rewrite fragment lists instead of copying.
+    external: bool,
     known: usize,
     pending: Vec<TaskSummary>,
     totals: RestoreTotals,
 }
 
 impl TaskRecorder<'_> {
-    async fn add(&mut self, task: PlannedTask) -> Result<(), Error> {
+    /// An external segment's one data file is its fragment list, which names its collection
+    /// and segment: write the target's own list (same fragments, new ids) now, and mark it
+    /// prewritten so the copy task does not copy the source's. Deterministic bytes at a
+    /// deterministic key, so planning again after a crash writes the same object.
+    async fn rewrite_fragment_lists(&self, task: &mut PlannedTask) -> Result<(), Error> {
+        use crate::external::restore::{relocate_fragment_list, snapshot_fragment_lists};
+        for p in &mut task.segments {
+            let source = SegmentRecord {
+                files: p
+                    .segment
+                    .files
+                    .iter()
+                    .map(|f| snapvault_events::domain::FileRef {
+                        key: format!(
+                            "{}{}",
+                            p.source_prefix,
+                            f.key.strip_prefix(&p.dest_prefix).unwrap_or(&f.key)
+                        ),
+                        ..f.clone()
+                    })
+                    .collect(),
+                ..p.segment.clone()
+            };
+            let lists =
+                snapshot_fragment_lists(&*self.ctx.store, std::slice::from_ref(&source)).await?;
+            let Some((_, list)) = lists.first() else {
+                continue;
+            };
+            let (bytes, file) =
+                relocate_fragment_list(list, self.target_collection_id, p.segment.segment_id)?;
+            crate::snapshot::worker::put_object(&*self.ctx.store, &file.key, bytes.into()).await?;
+            p.prewritten = vec![file.key.clone()];
+            p.segment.files = vec![file];
+        }
+        Ok(())
+    }
+
+    async fn add(&mut self, mut task: PlannedTask) -> Result<(), Error> {
+        if self.external && (task.task as usize) >= self.known {
+            self.rewrite_fragment_lists(&mut task).await?;
+        }
         let summary = task.summary();
         self.totals.tasks += 1;
         self.totals.segments += u64::from(summary.segments);
@@ -391,6 +435,8 @@ pub async fn prepare(ctx: &RestoreContext, job: &RestoreJobState) -> Result<(), 
     let mut recorder = TaskRecorder {
         ctx,
         job_id: request.job_id,
+        target_collection_id: request.target_collection_id,
+        external: meta.external.is_some(),
         known: job.tasks.len(),
         pending: Vec::new(),
         totals: RestoreTotals::default(),

@@ -316,6 +316,7 @@ fn planned() -> Vec<PlannedSegment> {
                     .collect(),
                 indexes: vec![],
             },
+            prewritten: vec![],
         })
         .collect()
 }

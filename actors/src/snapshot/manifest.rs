@@ -38,7 +38,18 @@ use std::sync::LazyLock;
 /// The format version of `snapshot.json` and of the manifests it lists. Bump it for any change
 /// an older build would misread; an older build then refuses the snapshot with
 /// `failed_precondition` instead of restoring something wrong.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 adds the `external` section of `snapshot.json` (an external collection's source,
+/// spec and generation; its segments' fragment mappings are their fragment list files, listed
+/// in the manifests like any segment file). Snapshots of ordinary collections are still
+/// written as version 1, byte for byte as before, so older builds keep reading them; an older
+/// build refuses a snapshot of an external collection instead of restoring it as if its
+/// segments were copyable files.
+pub const FORMAT_VERSION: u32 = 2;
+/// The `snapshot.json` version written for snapshots of ordinary collections.
+pub const PLAIN_FORMAT_VERSION: u32 = 1;
+/// The format version in the Avro manifests' header (the manifest schema did not change).
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 
 /// Segments per manifest object: bounded batches, so a snapshot of 100k segments writes 100
 /// manifest files and no step holds more than one batch in memory.
@@ -178,9 +189,9 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Vec<SegmentRecord>, Error> {
     let reader = Reader::new(bytes).map_err(corrupt)?;
     let meta = reader.user_metadata();
     let version = meta_number(meta, META_FORMAT_VERSION)?;
-    if version > u64::from(FORMAT_VERSION) {
+    if version > u64::from(MANIFEST_FORMAT_VERSION) {
         return Err(Error::failed_precondition(format!(
-            "manifest has format version {version}; this build reads up to {FORMAT_VERSION}: \
+            "manifest has format version {version}; this build reads up to {MANIFEST_FORMAT_VERSION}: \
              upgrade snapvault"
         )));
     }
@@ -241,7 +252,7 @@ fn write_header(
     marker: &[u8; 16],
 ) {
     let numbers = [
-        (META_FORMAT_VERSION, u64::from(FORMAT_VERSION)),
+        (META_FORMAT_VERSION, u64::from(MANIFEST_FORMAT_VERSION)),
         (META_SNAPSHOT_ID, snapshot_id),
         (META_MANIFEST_INDEX, u64::from(manifest_index)),
         (META_SEGMENTS, segments),
@@ -500,6 +511,23 @@ pub struct SnapshotMetadata {
     pub created_ms: u64,
     pub manifests: Vec<ManifestRef>,
     pub totals: Totals,
+    /// Set (format version 2) for a snapshot of an external collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalMeta>,
+}
+
+/// The external side of a snapshotted collection: what a restore recreates it with. Every
+/// segment of such a snapshot is external; its one file (in the manifest) is its fragment list
+/// (`data/{collection}/external/{segment}.fragments.json`: which fragment keys, with size,
+/// e-tag, last-modified and rows, it was built from), immutable, checksummed by the manifest
+/// and protected by the snapshot's pin like any segment file.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ExternalMeta {
+    pub source: String,
+    pub spec: snapvault_events::domain::external::ExternalSpec,
+    pub generation: u64,
+    /// Fragments behind the snapshotted segments.
+    pub fragments: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -647,7 +675,7 @@ mod tests {
 
     fn metadata() -> SnapshotMetadata {
         SnapshotMetadata {
-            format_version: FORMAT_VERSION,
+            format_version: PLAIN_FORMAT_VERSION,
             snapshot_id: 42,
             name: "nightly".into(),
             description: "before the migration".into(),
@@ -669,6 +697,7 @@ mod tests {
             }],
             pinned_version: 99,
             created_ms: 1_700_000_000_000,
+            external: None,
             manifests: vec![ManifestRef {
                 key: manifest_key(7, 42, 0),
                 segments: 4,
@@ -1006,7 +1035,7 @@ mod tests {
         let e = decode_metadata(&serde_json::to_vec(&v).unwrap()).expect_err("newer");
         assert_eq!(e.code, ErrorCode::FailedPrecondition);
         assert!(
-            e.message.contains("version 7") && e.message.contains("up to 1"),
+            e.message.contains("version 7") && e.message.contains("up to 2"),
             "{e}"
         );
         let e = decode_metadata(br#"{"format_version": 99999999999}"#).expect_err("newer");

@@ -334,7 +334,17 @@ impl SnapshotWorker {
         }
         let manifests: Vec<ManifestRef> = manifests.into_iter().map(|(r, _)| r).collect();
         let metadata = SnapshotMetadata {
-            format_version: FORMAT_VERSION,
+            format_version: if cut.external.is_some() {
+                FORMAT_VERSION
+            } else {
+                manifest::PLAIN_FORMAT_VERSION
+            },
+            external: cut.external.as_ref().map(|e| manifest::ExternalMeta {
+                source: e.config.source.clone(),
+                spec: e.config.spec.clone(),
+                generation: e.generation,
+                fragments: e.fragments,
+            }),
             snapshot_id: identity.snapshot_id,
             name: identity.name.clone(),
             description: identity.description.clone(),

@@ -3,6 +3,7 @@
 //! One collection actor serializes every change of a collection, so any version of its stream
 //! is an exact cut of its segments: that is what a snapshot pins.
 
+use super::external::{ExternalConfig, TaskEnd, TaskId};
 use super::{BuildId, CollectionId, FileRef, IndexId, JobId, PartitionId, SegmentId, SnapshotId};
 use crate::codec::DomainEvent;
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,9 @@ pub struct CreateCollection {
     /// Indexes declared at creation (a restore recreates the snapshot's), in id order.
     #[serde(default)]
     pub indexes: Vec<NewIndex>,
+    /// Set for an external collection: its segments mirror this source (`external.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalConfig>,
 }
 
 /// An index declared with the collection.
@@ -170,6 +174,37 @@ pub enum CollectionCommand {
     AbandonRestore {
         job_id: JobId,
     },
+    // --- external collections (rules in `snapvault_actors::collection::external`) ---
+    /// Change the source and/or spec: the running task (if any) is superseded and `task_id`
+    /// becomes the active task, atomically.
+    AlterExternal {
+        config: ExternalConfig,
+        task_id: TaskId,
+    },
+    /// Make `task_id` the active refresh task, unless one is active already (then nothing
+    /// happens: the caller reads the active task's id).
+    BeginExternalTask {
+        task_id: TaskId,
+    },
+    /// End the active task without a commit (cancel, failure). Allowed after a drop.
+    EndExternalTask {
+        task_id: TaskId,
+        end: TaskEnd,
+    },
+    /// Commit a refresh: only by the active task, for the current generation.
+    CommitExternalRefresh(ExternalCommit),
+}
+
+/// A refresh commit: kept segments are every live external segment not in `dropped`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalCommit {
+    pub task_id: TaskId,
+    pub generation: u64,
+    pub dropped: Vec<SegmentId>,
+    /// New segments: level 0, one file each (their fragment list object).
+    pub added: Vec<SegmentRecord>,
+    /// Fragments of the collection after the commit.
+    pub fragments: u64,
 }
 
 /// What happened to a collection.
@@ -185,6 +220,8 @@ pub enum CollectionEvent {
         status: CollectionStatus,
         restoring_job: Option<JobId>,
         created_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external: Option<ExternalConfig>,
     },
     Dropped,
     PartitionCreated {
@@ -238,10 +275,52 @@ pub enum CollectionEvent {
         job_id: JobId,
         completed_ms: u64,
     },
+    // --- external collections ---
+    /// The source or spec changed (generation + 1); `superseded` (if any) committed nothing
+    /// and `task_id` is the active task from here on.
+    ExternalAltered {
+        config: ExternalConfig,
+        generation: u64,
+        superseded: Option<TaskId>,
+        task_id: TaskId,
+        altered_ms: u64,
+    },
+    ExternalTaskStarted {
+        task_id: TaskId,
+        generation: u64,
+        started_ms: u64,
+    },
+    ExternalTaskEnded {
+        task_id: TaskId,
+        end: TaskEnd,
+        ended_ms: u64,
+    },
+    /// One refresh, atomically: `dropped` go, `added` come, every other live external
+    /// segment (`kept` of them) stays. Ends `task_id` as committed.
+    ExternalRefreshed {
+        task_id: TaskId,
+        generation: u64,
+        kept: u64,
+        dropped: Vec<SegmentId>,
+        added: Vec<SegmentRecord>,
+        fragments: u64,
+        refreshed_ms: u64,
+    },
 }
 
 impl DomainEvent for CollectionEvent {
-    const SCHEMA_VERSION: u16 = 1;
+    /// 2 added the external events (and optional `external` fields); a version-1 payload is
+    /// a version-2 payload without them, so the upcast is a plain decode.
+    const SCHEMA_VERSION: u16 = 2;
+    fn upcast(event_type: &str, schema_version: u16, payload: &[u8]) -> Result<Self, String> {
+        if schema_version == 1 {
+            return rmp_serde::from_slice(payload)
+                .map_err(|e| format!("cannot decode '{event_type}' (schema version 1): {e}"));
+        }
+        Err(format!(
+            "no upcaster for '{event_type}' from schema version {schema_version}"
+        ))
+    }
     fn event_type(&self) -> &'static str {
         match self {
             CollectionEvent::Created { .. } => "Created",
@@ -257,6 +336,10 @@ impl DomainEvent for CollectionEvent {
             CollectionEvent::SnapshotPinned { .. } => "SnapshotPinned",
             CollectionEvent::SnapshotUnpinned { .. } => "SnapshotUnpinned",
             CollectionEvent::RestoreCompleted { .. } => "RestoreCompleted",
+            CollectionEvent::ExternalAltered { .. } => "ExternalAltered",
+            CollectionEvent::ExternalTaskStarted { .. } => "ExternalTaskStarted",
+            CollectionEvent::ExternalTaskEnded { .. } => "ExternalTaskEnded",
+            CollectionEvent::ExternalRefreshed { .. } => "ExternalRefreshed",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod collection;
+pub mod external;
 pub mod gc;
 pub mod restore;
 pub mod snapshot;

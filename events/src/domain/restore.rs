@@ -257,6 +257,11 @@ pub struct PlannedSegment {
     pub source_prefix: String,
     pub dest_prefix: String,
     pub segment: SegmentRecord,
+    /// Destination keys written when the task was planned, not copied: the fragment list of
+    /// a segment of an external collection (it names the target's ids, so it is rewritten,
+    /// not copied; the fragments themselves stay in the user's source).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prewritten: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
