@@ -4,6 +4,9 @@
 //! - [`config`]: what a node is made of (log backend, object store, limits).
 //! - [`node`]: `Node::start(config)`: opens the parts, starts the entity registry.
 //! - [`client`]: the typed API over the actors; one method per operation.
+//! - [`nats`]: the JetStream log's connection, the NATS service, published events, the
+//!   remote client.
+//! - [`s3`]: the S3 object store.
 //! - [`host`]: what the host database does to the object store (write segment files, merge
 //!   them); the CLI's `ingest`/`compact`, the tests, benches and simulator use it as the host.
 
@@ -11,7 +14,9 @@ pub mod client;
 pub mod config;
 pub mod gc;
 pub mod host;
+pub mod nats;
 pub mod node;
+pub mod s3;
 pub mod snapshots;
 pub mod views;
 

@@ -39,6 +39,14 @@ impl Node {
         let log: Arc<dyn EventLog> = match &config.log {
             LogConfig::Sled { path } => Arc::new(SledLog::open(path, clock.clone())?),
             LogConfig::Memory => Arc::new(MemoryLog::new(clock.clone())),
+            LogConfig::JetStream { nats, config } => Arc::new(
+                snapvault_events::JetStreamLog::open(
+                    crate::nats::connect(nats).await?,
+                    config.clone(),
+                    clock.clone(),
+                )
+                .await?,
+            ),
         };
         let store: Arc<dyn ObjectStore> = match &config.store {
             StoreConfig::Local { root } => {
@@ -60,6 +68,7 @@ impl Node {
                 )
             }
             StoreConfig::Memory => Arc::new(object_store::memory::InMemory::new()),
+            StoreConfig::S3(s3) => crate::s3::open(s3)?,
         };
         Self::start_with(
             NodeParts { log, store, clock },

@@ -7,7 +7,8 @@
 //! below, called in order from [`run`], and records what it did in [`DemoReport`].
 
 use super::Ctx;
-use super::compact::{self, CompactReport};
+use super::backend::Backend;
+use super::compact::CompactReport;
 use super::ingest::{self, IngestPlan, IngestReport};
 use super::output::{bytes, plural};
 use serde::Serialize;
@@ -65,7 +66,7 @@ pub struct AfterSnapshot {
     pub compact: CompactReport,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct Verified {
     pub files: u64,
     pub bytes: u64,
@@ -99,7 +100,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
     let ingested = ingest(client, &name).await?;
     steps.done(&ingest::summary(&ingested));
 
-    let compacted = compact::compact(client, &name, None).await?;
+    let compacted = client.host_compact(&name, None).await?;
     let merged: usize = compacted.compactions.iter().map(|c| c.segments.len()).sum();
     steps.done(&format!(
         "compacted {} into {} (one per shard)",
@@ -107,8 +108,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
         plural(compacted.compactions.len() as u64, "segment")
     ));
 
-    let view = client.describe_collection(&name).await?;
-    let verified = verify(client, &view).await?;
+    let verified = client.verify_live_files(&name).await?;
     steps.done(&format!(
         "verified {} ({}): sizes and crc32c match the object store",
         plural(verified.files, "file"),
@@ -133,7 +133,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
 
     let described = client.describe_snapshot(&name, SNAPSHOT).await?;
     let view = client.describe_collection(&name).await?;
-    let held = snapshot_segments(client, &described).await?;
+    let held = client.snapshot_segments(&described).await?;
     let still_live = held
         .iter()
         .filter(|id| view.segments.iter().any(|s| s.id == **id))
@@ -181,15 +181,28 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
         after_snapshot: after,
         totals: view.totals,
     };
+    // Embedded: the data directory; remote: the service the demo ran on.
+    let (where_label, where_value, target) = match &ctx.client {
+        Backend::Local(_) => (
+            "data directory",
+            ctx.data.display().to_string(),
+            format!("--data {}", ctx.data.display()),
+        ),
+        Backend::Remote(r) => (
+            "service",
+            r.api().to_string(),
+            format!("--nats {}", r.url()),
+        ),
+    };
     ctx.out.emit(&report, || {
         let s = &report.snapshot;
         format!(
             "\ncollection '{name}' now: {}, {}, {}, {} rows\n\
              snapshot '{SNAPSHOT}' (id {}): {}, {}, {}, {} rows, verified ok\n\
-             data directory: {}\n\
+             {where_label}: {where_value}\n\
              see them with:\n  \
-             {prog} --data {data} collection describe {name}\n  \
-             {prog} --data {data} snapshot describe {name} {SNAPSHOT}",
+             {prog} {target} collection describe {name}\n  \
+             {prog} {target} snapshot describe {name} {SNAPSHOT}",
             plural(view.totals.segments as u64, "live segment"),
             plural(view.totals.files, "file"),
             bytes(view.totals.bytes),
@@ -199,9 +212,10 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
             plural(s.files, "file"),
             bytes(s.bytes),
             s.rows,
-            ctx.data.display(),
             prog = program(),
-            data = ctx.data.display(),
+            where_label = where_label,
+            where_value = where_value,
+            target = target,
         )
     })
 }
@@ -217,7 +231,7 @@ fn program() -> String {
 
 /// A collection with a name no earlier run used (`demo_<id>`, the id from the log's
 /// allocator), so the demo can run again and again on one data directory.
-async fn create(client: &Client) -> Result<CollectionView, Error> {
+async fn create(client: &Backend) -> Result<CollectionView, Error> {
     let name = format!("demo_{}", client.allocate_id().await?);
     client
         .create_collection(CreateCollectionRequest {
@@ -230,7 +244,7 @@ async fn create(client: &Client) -> Result<CollectionView, Error> {
         .await
 }
 
-async fn ingest(client: &Client, name: &str) -> Result<IngestReport, Error> {
+async fn ingest(client: &Backend, name: &str) -> Result<IngestReport, Error> {
     let plan = IngestPlan {
         segments: SEGMENTS,
         files: FILES_PER_SEGMENT,
@@ -238,19 +252,23 @@ async fn ingest(client: &Client, name: &str) -> Result<IngestReport, Error> {
         partition: DEFAULT_PARTITION.to_string(),
         shard: None,
     };
-    ingest::ingest(client, name, &plan).await
+    client.host_ingest(name, &plan).await
 }
 
 /// Read back every live file and compare its size and crc32c with what the collection
 /// recorded: the check a snapshot relies on.
-async fn verify(client: &Client, view: &CollectionView) -> Result<Verified, Error> {
+pub async fn verify_files(client: &Client, view: &CollectionView) -> Result<Verified, Error> {
     let mut verified = Verified { files: 0, bytes: 0 };
-    let files = view.segments.iter().flat_map(|s| {
-        s.files
-            .iter()
-            .chain(s.indexes.iter().flat_map(|i| i.files.iter()))
-    });
-    for f in files {
+    // Owned, so the future holds no borrowing iterator across an await (it must be `Send`
+    // to run as an API op).
+    let mut files = Vec::new();
+    for s in &view.segments {
+        files.extend(s.files.iter().cloned());
+        for i in &s.indexes {
+            files.extend(i.files.iter().cloned());
+        }
+    }
+    for f in &files {
         let data = host::read_file(client.store().as_ref(), &f.key).await?;
         let crc = crc32c::crc32c(&data);
         if data.len() as u64 != f.size || crc != f.crc32c {
@@ -269,7 +287,7 @@ async fn verify(client: &Client, view: &CollectionView) -> Result<Verified, Erro
 }
 
 /// Snapshot the collection as it is after the first compaction.
-async fn snapshot(client: &Client, name: &str) -> Result<SnapshotView, Error> {
+async fn snapshot(client: &Backend, name: &str) -> Result<SnapshotView, Error> {
     client
         .create_snapshot(CreateSnapshotRequest {
             collection: name.to_string(),
@@ -283,7 +301,7 @@ async fn snapshot(client: &Client, name: &str) -> Result<SnapshotView, Error> {
 /// The host keeps working after the snapshot: it writes more segments and compacts each shard
 /// again, which drops the segments the snapshot holds from the live collection. The snapshot
 /// must not change, and its files must stay.
-async fn move_on(client: &Client, name: &str) -> Result<AfterSnapshot, Error> {
+async fn move_on(client: &Backend, name: &str) -> Result<AfterSnapshot, Error> {
     let plan = IngestPlan {
         segments: SEGMENTS_AFTER_SNAPSHOT,
         files: FILES_PER_SEGMENT,
@@ -291,13 +309,13 @@ async fn move_on(client: &Client, name: &str) -> Result<AfterSnapshot, Error> {
         partition: DEFAULT_PARTITION.to_string(),
         shard: None,
     };
-    let ingest = ingest::ingest(client, name, &plan).await?;
-    let compact = compact::compact(client, name, None).await?;
+    let ingest = client.host_ingest(name, &plan).await?;
+    let compact = client.host_compact(name, None).await?;
     Ok(AfterSnapshot { ingest, compact })
 }
 
 /// The segment ids a committed snapshot lists, read from its manifests.
-async fn snapshot_segments(client: &Client, s: &SnapshotView) -> Result<Vec<u64>, Error> {
+pub async fn snapshot_segments(client: &Client, s: &SnapshotView) -> Result<Vec<u64>, Error> {
     let mut ids = Vec::new();
     for n in 0..s.manifests {
         let key = manifest::manifest_key(s.collection_id, s.id, n);
