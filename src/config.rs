@@ -14,8 +14,8 @@ pub enum LogConfig {
     Memory,
     /// NATS JetStream (issue 7): shared by every node on the same NATS and prefix.
     JetStream {
-        nats: crate::nats::NatsOptions,
-        config: snapvault_events::JetStreamLogConfig,
+        nats: Box<crate::nats::NatsOptions>,
+        config: Box<snapvault_events::JetStreamLogConfig>,
     },
 }
 

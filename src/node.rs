@@ -42,7 +42,7 @@ impl Node {
             LogConfig::JetStream { nats, config } => Arc::new(
                 snapvault_events::JetStreamLog::open(
                     crate::nats::connect(nats).await?,
-                    config.clone(),
+                    (**config).clone(),
                     clock.clone(),
                 )
                 .await?,

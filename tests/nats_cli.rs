@@ -79,7 +79,10 @@ impl Serve {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "serve did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "serve did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -120,7 +123,9 @@ fn json(nats: &str, args: &[&str]) -> Value {
 }
 
 fn gc_reclaimed(report: &Value, category: &str) -> u64 {
-    report["reclaimed"][category]["objects"].as_u64().unwrap_or(0)
+    report["reclaimed"][category]["objects"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 #[test]
@@ -137,12 +142,24 @@ fn snapshot_then_gc_over_nats_with_the_jetstream_log_and_the_s3_store() {
     ok(&url, &["collection", "create", "c1", "--shards", "2"]);
     let ingested = json(
         &url,
-        &["ingest", "c1", "--segments", "6", "--files", "2", "--size", "4096"],
+        &[
+            "ingest",
+            "c1",
+            "--segments",
+            "6",
+            "--files",
+            "2",
+            "--size",
+            "4096",
+        ],
     );
     assert_eq!(ingested["segment_ids"].as_array().unwrap().len(), 6);
     let compacted = json(&url, &["compact", "c1"]);
     assert_eq!(compacted["compactions"].as_array().unwrap().len(), 2);
-    let snap = json(&url, &["snapshot", "create", "c1", "nightly", "--label", "env=test"]);
+    let snap = json(
+        &url,
+        &["snapshot", "create", "c1", "nightly", "--label", "env=test"],
+    );
     assert_eq!(snap["status"], "committed");
     let described = json(&url, &["snapshot", "describe", "c1", "nightly"]);
     assert_eq!(described["format_version"], 1);
@@ -151,19 +168,38 @@ fn snapshot_then_gc_over_nats_with_the_jetstream_log_and_the_s3_store() {
     // The host moves on: the snapshot's segments are compacted away and dropped.
     json(
         &url,
-        &["ingest", "c1", "--segments", "2", "--files", "2", "--size", "1024"],
+        &[
+            "ingest",
+            "c1",
+            "--segments",
+            "2",
+            "--files",
+            "2",
+            "--size",
+            "1024",
+        ],
     );
     json(&url, &["compact", "c1"]);
     // GC with no retention: the files dropped before the snapshot... none; the snapshot's
     // files must all stay.
     let gc = json(
         &url,
-        &["gc", "run", "--dropped-retention", "0s", "--orphan-window", "0s"],
+        &[
+            "gc",
+            "run",
+            "--dropped-retention",
+            "0s",
+            "--orphan-window",
+            "0s",
+        ],
     );
     assert_eq!(gc["loaded"], true, "{gc}");
     assert!(gc_reclaimed(&gc, "dropped_files") > 0, "{gc}");
     let verified = json(&url, &["snapshot", "verify", "c1", "nightly"]);
-    assert_eq!(verified["ok"], true, "GC deleted a file the snapshot needs: {verified}");
+    assert_eq!(
+        verified["ok"], true,
+        "GC deleted a file the snapshot needs: {verified}"
+    );
     assert_eq!(verified["checked_files"].as_u64(), Some(files));
 
     // (Restore goes here once the restore operations land: `restore start c1 nightly --into
@@ -174,7 +210,14 @@ fn snapshot_then_gc_over_nats_with_the_jetstream_log_and_the_s3_store() {
     assert_eq!(dropped["status"], "deleted");
     let gc = json(
         &url,
-        &["gc", "run", "--dropped-retention", "0s", "--orphan-window", "0s"],
+        &[
+            "gc",
+            "run",
+            "--dropped-retention",
+            "0s",
+            "--orphan-window",
+            "0s",
+        ],
     );
     assert!(gc_reclaimed(&gc, "dropped_files") >= files, "{gc}");
     let status = json(&url, &["gc", "status"]);
@@ -200,7 +243,14 @@ fn snapshot_then_gc_over_nats_with_the_jetstream_log_and_the_s3_store() {
     assert!(serve.terminate().success(), "serve must exit 0 on SIGTERM");
     // Nobody serves now: remote commands say so, as `unavailable` (exit 1).
     let out = Command::new(BIN)
-        .args(["--nats", &url, "--request-timeout", "1s", "collection", "list"])
+        .args([
+            "--nats",
+            &url,
+            "--request-timeout",
+            "1s",
+            "collection",
+            "list",
+        ])
         .env_remove("SNAPVAULT_NATS")
         .output()
         .unwrap();
@@ -227,7 +277,17 @@ fn sigterm_drains_the_request_in_flight_and_exits_zero() {
         move || {
             cli(
                 &url,
-                &["--json", "ingest", "c1", "--segments", "300", "--files", "2", "--size", "2048"],
+                &[
+                    "--json",
+                    "ingest",
+                    "c1",
+                    "--segments",
+                    "300",
+                    "--files",
+                    "2",
+                    "--size",
+                    "2048",
+                ],
             )
         }
     });

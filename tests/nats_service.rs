@@ -38,12 +38,12 @@ impl Served {
 fn node_config(url: &str, prefix: &str, store: StoreConfig) -> NodeConfig {
     NodeConfig {
         log: LogConfig::JetStream {
-            nats: NatsOptions::new(url),
-            config: JetStreamLogConfig {
+            nats: Box::new(NatsOptions::new(url)),
+            config: Box::new(JetStreamLogConfig {
                 prefix: prefix.to_string(),
                 ack_timeout_ms: 1_000,
                 ..Default::default()
-            },
+            }),
         },
         store,
         ..NodeConfig::in_memory()
@@ -123,7 +123,11 @@ async fn raw(
     let format = Format::of(Some(&headers));
     let error = headers.get(wire::ERROR_CODE).map(|code| {
         let e: ErrorBody = wire::decode(format, &msg.payload).expect("error body decodes");
-        assert_eq!(e.code.as_str(), code.as_str(), "header and body codes agree");
+        assert_eq!(
+            e.code.as_str(),
+            code.as_str(),
+            "header and body codes agree"
+        );
         assert!(headers.get(wire::SERVICE_ERROR_CODE).is_some());
         e
     });
@@ -142,7 +146,13 @@ async fn bad_payloads_get_structured_errors_and_the_service_keeps_serving() {
     let create = "bp.api.v1.collection.create";
 
     let cases: Vec<(&str, &str, bool, Vec<u8>, &str)> = vec![
-        ("garbage bytes", create, false, vec![0xc1, 0xff, 0x00, 0x13], "msgpack"),
+        (
+            "garbage bytes",
+            create,
+            false,
+            vec![0xc1, 0xff, 0x00, 0x13],
+            "msgpack",
+        ),
         ("garbage JSON", create, true, b"{not json".to_vec(), "JSON"),
         (
             "wrong field type",
@@ -158,8 +168,20 @@ async fn bad_payloads_get_structured_errors_and_the_service_keeps_serving() {
             rmp_serde::to_vec_named(&serde_json::json!({ "name": ["x"] })).unwrap(),
             "invalid type",
         ),
-        ("missing field", create, true, b"{}".to_vec(), "missing field `name`"),
-        ("unknown op", "bp.api.v1.collection.explode", false, vec![], "unknown op"),
+        (
+            "missing field",
+            create,
+            true,
+            b"{}".to_vec(),
+            "missing field `name`",
+        ),
+        (
+            "unknown op",
+            "bp.api.v1.collection.explode",
+            false,
+            vec![],
+            "unknown op",
+        ),
         (
             "oversized payload",
             create,
@@ -181,7 +203,9 @@ async fn bad_payloads_get_structured_errors_and_the_service_keeps_serving() {
         assert_eq!(e.code, ErrorCode::InvalidArgument, "{what}: {e:?}");
         assert!(e.message.contains(needle), "{what}: {}", e.message);
         assert!(e.details.contains_key("op"), "{what}: {e:?}");
-        let ct = headers.get(wire::CONTENT_TYPE).map(|v| v.as_str().to_string());
+        let ct = headers
+            .get(wire::CONTENT_TYPE)
+            .map(|v| v.as_str().to_string());
         assert_eq!(
             ct.as_deref(),
             Some(if json { wire::JSON } else { wire::MSGPACK }),
@@ -275,7 +299,12 @@ async fn committed_events_are_published_in_order_with_their_positions() {
         while seen.len() < 2 {
             let m = events.next().await.unwrap();
             let h = m.headers.clone().unwrap();
-            let position: u64 = h.get(wire::EVENT_POSITION).unwrap().as_str().parse().unwrap();
+            let position: u64 = h
+                .get(wire::EVENT_POSITION)
+                .unwrap()
+                .as_str()
+                .parse()
+                .unwrap();
             assert!(position > last_position, "published out of log order");
             last_position = position;
             let e: PublishedEvent = rmp_serde::from_slice(&m.payload).unwrap();
@@ -364,7 +393,11 @@ async fn a_killed_server_loses_no_acknowledged_event_and_retried_ids_act_once() 
     for id in &acked {
         assert!(live.contains(id), "acknowledged flush of segment {id} lost");
     }
-    assert_eq!(live.len(), acked.len(), "a flush acted twice or a stray one landed");
+    assert_eq!(
+        live.len(),
+        acked.len(),
+        "a flush acted twice or a stray one landed"
+    );
 
     // The retried id, after the server restart: same answer, marked replayed, acted once.
     let again: serde_json::Value = r

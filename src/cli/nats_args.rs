@@ -196,12 +196,12 @@ impl NatsArgs {
                 .options("snapvault-log")
                 .ok_or_else(|| Error::invalid_argument("--log jetstream needs --nats URL"))?;
             config.log = LogConfig::JetStream {
-                nats,
-                config: snapvault_events::JetStreamLogConfig {
+                nats: Box::new(nats),
+                config: Box::new(snapvault_events::JetStreamLogConfig {
                     prefix: self.prefix.clone(),
                     replicas: self.log_replicas as usize,
                     ..Default::default()
-                },
+                }),
             };
         }
         Ok(config)

@@ -83,7 +83,7 @@ pub struct Ticket {
 }
 
 pub enum RequestMemory {
-    Kv(kv::Store),
+    Kv(Box<kv::Store>),
     Local(Mutex<Local>),
 }
 
@@ -137,7 +137,7 @@ impl RequestMemory {
                 .await
                 .map_err(|e| unavailable(&format!("create KV bucket {bucket}"), e))?,
         };
-        Ok(RequestMemory::Kv(store))
+        Ok(RequestMemory::Kv(Box::new(store)))
     }
 
     pub fn local(config: &RequestMemoryConfig) -> RequestMemory {
