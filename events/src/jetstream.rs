@@ -548,7 +548,7 @@ impl Inner {
         &self,
         subject: &str,
         expected_seq: u64,
-        records: &[Vec<u8>],
+        records: &[Bytes],
         append_id: &str,
     ) -> Result<Published, LogError> {
         let deadline = tokio::time::Instant::now()
@@ -586,7 +586,7 @@ impl Inner {
         &self,
         subject: &str,
         expected_seq: u64,
-        record: &[u8],
+        record: &Bytes,
         append_id: &str,
     ) -> Result<Published, Attempt> {
         let mut headers = HeaderMap::new();
@@ -597,7 +597,7 @@ impl Inner {
         );
         headers.insert(APPEND_ID_HEADER, append_id);
         let msg = jetstream::message::PublishMessage::build()
-            .payload(Bytes::copy_from_slice(record))
+            .payload(record.clone())
             .headers(headers);
         self.send(subject, msg).await
     }
@@ -606,7 +606,7 @@ impl Inner {
         &self,
         subject: &str,
         expected_seq: u64,
-        records: &[Vec<u8>],
+        records: &[Bytes],
         append_id: &str,
         attempt: u32,
     ) -> Result<Published, Attempt> {
@@ -625,7 +625,7 @@ impl Inner {
                     expected_seq.to_string().as_str(),
                 );
             }
-            let payload = Bytes::copy_from_slice(r);
+            let payload = r.clone();
             if i + 1 < n {
                 self.client
                     .publish_with_headers(subject.to_string(), headers, payload)
@@ -821,7 +821,7 @@ impl EventLog for JetStreamLog {
                     });
                 }
             }
-            let records: Vec<Vec<u8>> = events
+            let records: Vec<Bytes> = events
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
@@ -837,6 +837,7 @@ impl EventLog for JetStreamLog {
                         payload: e.payload.clone(),
                         crc32c: 0,
                     })
+                    .map(Bytes::from)
                 })
                 .collect::<Result<_, _>>()?;
             match s
