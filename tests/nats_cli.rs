@@ -282,17 +282,20 @@ fn sigterm_drains_the_request_in_flight_and_exits_zero() {
                     "ingest",
                     "c1",
                     "--segments",
-                    "300",
+                    "1500",
                     "--files",
-                    "2",
+                    "1",
                     "--size",
-                    "2048",
+                    "1024",
                 ],
             )
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(150));
+    let started = Instant::now();
     let status = serve.terminate();
+    // It took a while to exit: it waited for the request in flight.
+    let drained = started.elapsed();
     assert!(status.success(), "serve exit status {status:?}");
     let out = long.join().unwrap();
     assert!(
@@ -301,5 +304,46 @@ fn sigterm_drains_the_request_in_flight_and_exits_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["segment_ids"].as_array().unwrap().len(), 300);
+    assert_eq!(v["segment_ids"].as_array().unwrap().len(), 1500);
+    eprintln!("serve exited {drained:?} after SIGTERM");
+}
+
+#[test]
+fn credentials_reach_the_server_and_a_wrong_one_is_one_clear_line() {
+    let nats = snapvault_test_support::NatsServer::start_with(
+        snapvault_test_support::NatsAuth::Token("s3cret".into()),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let url = nats.url();
+    let serve = Serve::start(&url, data.path(), &["--nats-token", "s3cret"]);
+    ok(
+        &url,
+        &["--nats-token", "s3cret", "collection", "create", "c1"],
+    );
+    let list = json(&url, &["--nats-token", "s3cret", "collection", "list"]);
+    assert_eq!(list[0]["name"], "c1");
+    let out = cli(&url, &["--nats-token", "wrong", "collection", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error[invalid_argument]: NATS at") && err.contains("credentials"),
+        "{err}"
+    );
+    // Contradictory credentials are refused before connecting.
+    let out = cli(
+        &url,
+        &[
+            "--nats-token",
+            "a",
+            "--nats-user",
+            "u",
+            "--nats-password",
+            "p",
+            "collection",
+            "list",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most one NATS credential"));
+    assert!(serve.terminate().success());
 }

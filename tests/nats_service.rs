@@ -462,8 +462,15 @@ async fn two_nodes_on_one_log_and_one_entity() {
         ra.unwrap();
         rb.unwrap();
     }
-    let view = ca.describe_collection_by_id(id).await.unwrap();
+    // A node's actors only learn of the other node's writes when they next write (the fence
+    // makes them catch up) or reload; a fresh node replays the shared log: every write is
+    // there exactly once.
+    let fresh = Node::start(node_config(&url, "two", StoreConfig::Memory))
+        .await
+        .unwrap();
+    let view = fresh.client().describe_collection_by_id(id).await.unwrap();
     assert_eq!(view.segments.len() as u64, 2 * ROUNDS);
+    fresh.shutdown().await;
     let stream = snapvault_events::domain::collection_stream(id);
     let events = ca.log().read_stream(&stream, 1, 10_000).await.unwrap();
     assert!(

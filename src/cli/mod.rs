@@ -300,10 +300,13 @@ pub fn json_requested() -> bool {
         .any(|a| a == "--json")
 }
 
-/// Tracing to stderr, filtered by `RUST_LOG` (default `warn`), so stdout stays the result.
+/// Tracing to stderr, filtered by `RUST_LOG` (default `warn`, async-nats off), so stdout stays
+/// the result.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // async-nats logs connection trouble itself; the CLI reports it as its one error
+        // line, so by default the client library stays quiet (RUST_LOG=async_nats=warn shows it).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,async_nats=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
