@@ -70,9 +70,13 @@ impl Node {
             StoreConfig::Memory => Arc::new(object_store::memory::InMemory::new()),
             StoreConfig::S3(s3) => crate::s3::open(s3)?,
         };
+        let mut registry = config.registry;
+        // The JetStream log is shared by every node on it: entities check for other nodes'
+        // writes before deciding or answering.
+        registry.shared_log |= matches!(config.log, LogConfig::JetStream { .. });
         Self::start_with(
             NodeParts { log, store, clock },
-            config.registry,
+            registry,
             config.id_block_size,
             config.snapshot,
             config.gc,

@@ -462,9 +462,21 @@ async fn two_nodes_on_one_log_and_one_entity() {
         ra.unwrap();
         rb.unwrap();
     }
-    // A node's actors only learn of the other node's writes when they next write (the fence
-    // makes them catch up) or reload; a fresh node replays the shared log: every write is
-    // there exactly once.
+    // A collection created on A after B loaded the catalog is found on B at once.
+    ca.create_collection(snapvault::client::CreateCollectionRequest {
+        name: "late".into(),
+        shard_count: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(cb.describe_collection("late").await.unwrap().name, "late");
+    // Both nodes answer with every write (entities check the shared log before a read).
+    for c in [&ca, &cb] {
+        let view = c.describe_collection_by_id(id).await.unwrap();
+        assert_eq!(view.segments.len() as u64, 2 * ROUNDS);
+    }
+    // And a fresh node replays the shared log: every write is there exactly once.
     let fresh = Node::start(node_config(&url, "two", StoreConfig::Memory))
         .await
         .unwrap();
