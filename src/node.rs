@@ -51,6 +51,14 @@ impl Node {
         let log: Arc<dyn EventLog> = match &config.log {
             LogConfig::Sled { path } => Arc::new(SledLog::open(path, clock.clone())?),
             LogConfig::Memory => Arc::new(MemoryLog::new(clock.clone())),
+            LogConfig::JetStream { nats, config } => Arc::new(
+                snapvault_events::JetStreamLog::open(
+                    crate::nats::connect(nats).await?,
+                    (**config).clone(),
+                    clock.clone(),
+                )
+                .await?,
+            ),
         };
         let store: Arc<dyn ObjectStore> = match &config.store {
             StoreConfig::Local { root } => {
@@ -72,10 +80,15 @@ impl Node {
                 )
             }
             StoreConfig::Memory => Arc::new(object_store::memory::InMemory::new()),
+            StoreConfig::S3(s3) => crate::s3::open(s3)?,
         };
+        let mut registry = config.registry;
+        // The JetStream log is shared by every node on it: entities check for other nodes'
+        // writes before deciding or answering.
+        registry.shared_log |= matches!(config.log, LogConfig::JetStream { .. });
         Self::start_with(
             NodeParts { log, store, clock },
-            config.registry,
+            registry,
             config.id_block_size,
             NodeLimits {
                 snapshot: config.snapshot,

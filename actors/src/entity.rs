@@ -49,6 +49,9 @@ pub struct EntityArgs {
     pub stream: String,
     pub log: Arc<dyn EventLog>,
     pub clock: SharedClock,
+    /// Other processes write this log too: check the stream's version before each decision
+    /// and read (see `RegistryConfig::shared_log`).
+    pub shared_log: bool,
 }
 
 pub struct EntityState<A: Aggregate> {
@@ -59,6 +62,7 @@ pub struct EntityState<A: Aggregate> {
     state: A::State,
     /// The log may hold events this actor has not applied (after an ambiguous append).
     stale: bool,
+    shared_log: bool,
 }
 
 pub struct EntityActor<A: Aggregate>(PhantomData<fn() -> A>);
@@ -70,6 +74,17 @@ impl<A: Aggregate> Default for EntityActor<A> {
 }
 
 impl<A: Aggregate> EntityState<A> {
+    /// On a shared log, mark the state stale when another writer moved the stream.
+    async fn check_shared(&mut self) -> Result<(), LogError> {
+        if self.shared_log
+            && !self.stale
+            && self.log.stream_version(&self.stream).await? > self.version
+        {
+            self.stale = true;
+        }
+        Ok(())
+    }
+
     /// Apply every event after `self.version`.
     async fn catch_up(&mut self) -> Result<(), LogError> {
         let state = &mut self.state;
@@ -89,6 +104,7 @@ impl<A: Aggregate> EntityState<A> {
         command: &A::Command,
         correlation_id: u64,
     ) -> Result<Executed<A::Event>, Error> {
+        self.check_shared().await?;
         if self.stale {
             self.catch_up().await?;
         }
@@ -160,6 +176,7 @@ impl<A: Aggregate> Actor for EntityActor<A> {
             version: 0,
             state: A::State::default(),
             stale: true,
+            shared_log: args.shared_log,
         };
         s.catch_up().await?;
         Ok(s)
@@ -193,6 +210,11 @@ impl<A: Aggregate> Actor for EntityActor<A> {
                 // applied: catch up before answering, or a reader (the snapshot worker, a
                 // describe) sees state that the log has already moved past. If the log cannot
                 // be read now, refuse the read: dropping `f` tells the caller to try again.
+                // On a shared log, another node may have moved the stream: check first.
+                if let Err(e) = s.check_shared().await {
+                    tracing::debug!(stream = %s.stream, error = %e, "cannot check the stream's version for a read; refusing it");
+                    return Ok(());
+                }
                 if s.stale
                     && let Err(e) = s.catch_up().await
                 {

@@ -31,6 +31,11 @@ pub struct RegistryConfig {
     pub idle_after_ms: u64,
     /// At most this many entity actors live at once; the least recently used go first.
     pub max_live_entities: usize,
+    /// Other processes append to the same log (the JetStream log shared by several nodes):
+    /// every entity checks its stream's version before each decision and read and catches up
+    /// first, so a node never answers from state another node has moved past. One extra log
+    /// round trip per command; off for a log this process owns alone.
+    pub shared_log: bool,
 }
 
 impl Default for RegistryConfig {
@@ -38,6 +43,7 @@ impl Default for RegistryConfig {
         RegistryConfig {
             idle_after_ms: 60_000,
             max_live_entities: 10_000,
+            shared_log: false,
         }
     }
 }
@@ -266,6 +272,7 @@ impl Registry {
                     stream: stream.to_string(),
                     log: self.shared.log.clone(),
                     clock: self.shared.clock.clone(),
+                    shared_log: self.shared.config.shared_log,
                 };
                 let (actor, _) = Actor::spawn_linked(
                     None,
@@ -575,6 +582,7 @@ mod tests {
         let (r, _) = registry(RegistryConfig {
             idle_after_ms: 1_000,
             max_live_entities: 100,
+            ..Default::default()
         })
         .await;
         for i in 0..1_000 {

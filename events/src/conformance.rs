@@ -42,6 +42,75 @@ where
     concurrent_writers_exactly_one_wins(make().await).await;
     read_all_is_global_order_and_pages(make().await).await;
     subscribe_catches_up_then_tails(make().await).await;
+    read_stream_from_any_version(make().await).await;
+}
+
+/// Two handles on ONE log, as two nodes sharing it (`make` returns a pair; for an in-process
+/// backend both may be clones of one handle). Checks that the fence and the head work across
+/// handles: what one appends moves the other's `head` and `watch_head`, a stale writer gets
+/// `Conflict { actual }`, a concurrent race between them has exactly one winner, and a cold
+/// reader (no cache) reads any version of a stream the other wrote.
+pub async fn run_shared<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = (Arc<dyn EventLog>, Arc<dyn EventLog>)>,
+{
+    let (a, b) = make().await;
+    let mut b_head = b.watch_head();
+    let before = *b_head.borrow_and_update();
+    for i in 0..20u64 {
+        a.append("shared", ExpectedVersion::Exact(i), vec![ev("S", i)])
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while *b_head.borrow_and_update() < before + 20 {
+            b_head.changed().await.expect("head channel closed");
+        }
+    })
+    .await
+    .expect("another handle's appends did not move watch_head");
+    assert_eq!(b.head().await.unwrap(), a.head().await.unwrap());
+    assert_eq!(b.stream_version("shared").await.unwrap(), 20);
+    let mid = b.read_stream("shared", 13, 3).await.unwrap();
+    assert_eq!(
+        mid.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![13, 14, 15]
+    );
+    // A stale writer on the other handle is fenced.
+    let err = b
+        .append("shared", ExpectedVersion::Exact(19), vec![ev("S", 99)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LogError::Conflict { actual: 20, .. }),
+        "{err:?}"
+    );
+    // Both race for version 21: exactly one wins, the loser sees the winner's version.
+    let (ra, rb) = tokio::join!(
+        a.append("shared", ExpectedVersion::Exact(20), vec![ev("A", 20)]),
+        b.append("shared", ExpectedVersion::Exact(20), vec![ev("B", 20)]),
+    );
+    let wins = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "exactly one handle must win: {ra:?} {rb:?}");
+    for r in [ra, rb] {
+        if let Err(e) = r {
+            assert!(matches!(e, LogError::Conflict { actual: 21, .. }), "{e:?}");
+        }
+    }
+    // The loser reloads and retries on top.
+    let v = b.stream_version("shared").await.unwrap();
+    assert_eq!(v, 21);
+    b.append("shared", ExpectedVersion::Exact(v), vec![ev("R", 21)])
+        .await
+        .unwrap();
+    let all = a.read_stream("shared", 1, 100).await.unwrap();
+    assert_eq!(all.len(), 22);
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, e)| e.version == i as u64 + 1)
+    );
 }
 
 /// `open` must return the same durable log each time it is called after the previous handle
@@ -268,6 +337,44 @@ async fn read_all_is_global_order_and_pages(log: Arc<dyn EventLog>) {
     assert_eq!(log.head().await.unwrap(), 30);
     assert_eq!(log.read_all(28, 100).await.unwrap().len(), 3);
     assert!(log.read_all(31, 100).await.unwrap().is_empty());
+}
+
+async fn read_stream_from_any_version(log: Arc<dyn EventLog>) {
+    // Two streams interleaved, so versions and positions differ.
+    for i in 0..150u64 {
+        log.append("long", ExpectedVersion::Exact(i), vec![ev("L", i)])
+            .await
+            .unwrap();
+        log.append("other", ExpectedVersion::Any, vec![ev("O", i)])
+            .await
+            .unwrap();
+    }
+    for (from, max) in [
+        (1, 10),
+        (2, 1),
+        (75, 5),
+        (149, 10),
+        (150, 10),
+        (151, 10),
+        (0, 3),
+    ] {
+        let got = log.read_stream("long", from, max).await.unwrap();
+        let want: Vec<u64> = (from.max(1)..=150).take(max).collect();
+        assert_eq!(
+            got.iter().map(|e| e.version).collect::<Vec<_>>(),
+            want,
+            "read_stream(long, {from}, {max})"
+        );
+        for e in &got {
+            assert_eq!(e.stream, "long");
+            assert_eq!(payload_n(&e.payload), e.version - 1);
+        }
+    }
+    // Backwards, so a backend cache of the last version is not enough.
+    for from in (1..=150).rev().step_by(37) {
+        let got = log.read_stream("long", from, 2).await.unwrap();
+        assert_eq!(got.first().map(|e| e.version), Some(from));
+    }
 }
 
 async fn subscribe_catches_up_then_tails(log: Arc<dyn EventLog>) {

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 /// Largest payload accepted for one event. Bulk data (file lists) goes to the object store and
 /// the event carries its key and checksum (design §3).
 pub const MAX_EVENT_PAYLOAD_BYTES: usize = 64 * 1024;
-/// Largest number of events in one append. Keeps a batch well inside one sled write and one
-/// JetStream message window.
-pub const MAX_EVENTS_PER_APPEND: usize = 1024;
+/// Largest number of events in one append. Keeps a batch well inside one sled write, and is
+/// the most a JetStream atomic batch may hold (nats-server's default batch limit is 1000
+/// messages; the JetStream log stores one event per message).
+pub const MAX_EVENTS_PER_APPEND: usize = 1000;
 /// Longest stream name.
 pub const MAX_STREAM_NAME_BYTES: usize = 256;
 

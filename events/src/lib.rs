@@ -1,7 +1,7 @@
 //! snapvault's vocabulary and its log (design §1–3).
 //!
 //! - [`envelope`]: what the log stores around each event, checksummed.
-//! - [`log`]: the `EventLog` contract; [`memory`] and [`sled_log`] implement it;
+//! - [`log`]: the `EventLog` contract; [`memory`], [`sled_log`] and [`jetstream`] implement it;
 //!   [`conformance`] checks any implementation.
 //! - [`codec`]: typed domain events over envelopes, with schema versions.
 //! - [`domain`]: commands and events of every entity.
@@ -14,6 +14,7 @@ pub mod domain;
 pub mod envelope;
 pub mod error;
 pub mod ids;
+pub mod jetstream;
 pub mod log;
 pub mod memory;
 pub mod sled_log;
@@ -22,6 +23,7 @@ pub mod validate;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, TokioClock};
 pub use envelope::{Envelope, NewEvent};
 pub use error::{Error, ErrorCode, LogError};
+pub use jetstream::{JetStreamLog, JetStreamLogConfig};
 pub use log::{Appended, EventLog, ExpectedVersion, Subscription};
 pub use memory::MemoryLog;
 pub use sled_log::SledLog;

@@ -162,5 +162,13 @@ mod tests {
             Arc::new(MemoryLog::new(Arc::new(ManualClock::new(1_000)))) as Arc<dyn EventLog>
         })
         .await;
+        crate::conformance::run_shared(|| async {
+            let log = MemoryLog::new(Arc::new(ManualClock::new(1_000)));
+            (
+                Arc::new(log.clone()) as Arc<dyn EventLog>,
+                Arc::new(log) as Arc<dyn EventLog>,
+            )
+        })
+        .await;
     }
 }

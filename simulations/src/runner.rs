@@ -79,6 +79,7 @@ impl Swarm {
         let registry = RegistryConfig {
             idle_after_ms: *rng.pick(&[200, 2_000, 60_000]).unwrap_or(&60_000),
             max_live_entities: *rng.pick(&[1, 3, 16, 10_000]).unwrap_or(&10_000),
+            shared_log: false,
         };
         let id_block_size = *rng.pick(&[1, 4, 64, 1_000]).unwrap_or(&64);
         let snapshot = SnapshotConfig {

@@ -12,7 +12,7 @@ use snapvault_events::domain::collection::{CompactSegments, MAX_SEGMENTS_PER_COM
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One recorded compaction.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Compaction {
     pub into: u64,
     pub partition: String,
@@ -24,7 +24,7 @@ pub struct Compaction {
     pub rows: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CompactReport {
     pub collection: String,
     pub compactions: Vec<Compaction>,
@@ -36,7 +36,7 @@ pub async fn run(ctx: &Ctx, args: CompactArgs) -> Result<(), Error> {
         .as_deref()
         .map(parse_segment_ids)
         .transpose()?;
-    let report = compact(&ctx.client, &args.collection, ids).await?;
+    let report = ctx.client.host_compact(&args.collection, ids).await?;
     ctx.out.emit(&report, || summary(&report))
 }
 

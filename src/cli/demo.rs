@@ -12,7 +12,8 @@
 //! [`DemoReport`].
 
 use super::Ctx;
-use super::compact::{self, CompactReport};
+use super::backend::Backend;
+use super::compact::CompactReport;
 use super::ingest::{self, IngestPlan, IngestReport};
 use super::output::{bytes, plural};
 use serde::Serialize;
@@ -96,7 +97,7 @@ pub struct AfterSnapshot {
     pub compact: CompactReport,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct Verified {
     pub files: u64,
     pub bytes: u64,
@@ -130,7 +131,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
     let ingested = ingest(client, &name).await?;
     steps.done(&ingest::summary(&ingested));
 
-    let compacted = compact::compact(client, &name, None).await?;
+    let compacted = client.host_compact(&name, None).await?;
     let merged: usize = compacted.compactions.iter().map(|c| c.segments.len()).sum();
     steps.done(&format!(
         "compacted {} into {} (one per shard)",
@@ -138,8 +139,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
         plural(compacted.compactions.len() as u64, "segment")
     ));
 
-    let view = client.describe_collection(&name).await?;
-    let verified = verify(client, &view).await?;
+    let verified = client.verify_live_files(&name).await?;
     steps.done(&format!(
         "verified {} ({}): sizes and crc32c match the object store",
         plural(verified.files, "file"),
@@ -164,7 +164,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
 
     let described = client.describe_snapshot(&name, SNAPSHOT).await?;
     let view = client.describe_collection(&name).await?;
-    let held = snapshot_segments(client, &described).await?;
+    let held = client.snapshot_segments(&described).await?;
     let still_live = held
         .iter()
         .filter(|id| view.segments.iter().any(|s| s.id == **id))
@@ -224,18 +224,31 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
         gc,
         totals: view.totals,
     };
+    // Embedded: the data directory; remote: the service the demo ran on.
+    let (where_label, where_value, target) = match &ctx.client {
+        Backend::Local(_) => (
+            "data directory",
+            ctx.data.display().to_string(),
+            format!("--data {}", ctx.data.display()),
+        ),
+        Backend::Remote(r) => (
+            "service",
+            r.api().to_string(),
+            format!("--nats {}", r.url()),
+        ),
+    };
     ctx.out.emit(&report, || {
         let s = &report.snapshot;
         format!(
             "\ncollection '{name}' now: {}, {}, {}, {} rows\n\
              snapshot '{SNAPSHOT}' (id {}): {}, {}, {}, {} rows, verified ok, restored, then dropped\n\
              restored collection '{restored}': restore job {job}; GC reclaimed {reclaimed} after the drop\n\
-             data directory: {}\n\
+             {where_label}: {where_value}\n\
              see them with:\n  \
-             {prog} --data {data} collection describe {name}\n  \
-             {prog} --data {data} collection describe {restored}\n  \
-             {prog} --data {data} restore status {job}\n  \
-             {prog} --data {data} gc status",
+             {prog} {target} collection describe {name}\n  \
+             {prog} {target} collection describe {restored}\n  \
+             {prog} {target} restore status {job}\n  \
+             {prog} {target} gc status",
             plural(view.totals.segments as u64, "live segment"),
             plural(view.totals.files, "file"),
             bytes(view.totals.bytes),
@@ -245,12 +258,13 @@ pub async fn run(ctx: &Ctx) -> Result<(), Error> {
             plural(s.files, "file"),
             bytes(s.bytes),
             s.rows,
-            ctx.data.display(),
             prog = program(),
-            data = ctx.data.display(),
             restored = report.restore.collection,
             job = report.restore.job.job_id,
             reclaimed = plural(report.gc.after_drop.total().objects, "object"),
+            where_label = where_label,
+            where_value = where_value,
+            target = target,
         )
     })
 }
@@ -266,7 +280,7 @@ fn program() -> String {
 
 /// A collection with a name no earlier run used (`demo_<id>`, the id from the log's
 /// allocator), so the demo can run again and again on one data directory.
-async fn create(client: &Client) -> Result<CollectionView, Error> {
+async fn create(client: &Backend) -> Result<CollectionView, Error> {
     let name = format!("demo_{}", client.allocate_id().await?);
     client
         .create_collection(CreateCollectionRequest {
@@ -279,7 +293,7 @@ async fn create(client: &Client) -> Result<CollectionView, Error> {
         .await
 }
 
-async fn ingest(client: &Client, name: &str) -> Result<IngestReport, Error> {
+async fn ingest(client: &Backend, name: &str) -> Result<IngestReport, Error> {
     let plan = IngestPlan {
         segments: SEGMENTS,
         files: FILES_PER_SEGMENT,
@@ -287,19 +301,23 @@ async fn ingest(client: &Client, name: &str) -> Result<IngestReport, Error> {
         partition: DEFAULT_PARTITION.to_string(),
         shard: None,
     };
-    ingest::ingest(client, name, &plan).await
+    client.host_ingest(name, &plan).await
 }
 
 /// Read back every live file and compare its size and crc32c with what the collection
 /// recorded: the check a snapshot relies on.
-async fn verify(client: &Client, view: &CollectionView) -> Result<Verified, Error> {
+pub async fn verify_files(client: &Client, view: &CollectionView) -> Result<Verified, Error> {
     let mut verified = Verified { files: 0, bytes: 0 };
-    let files = view.segments.iter().flat_map(|s| {
-        s.files
-            .iter()
-            .chain(s.indexes.iter().flat_map(|i| i.files.iter()))
-    });
-    for f in files {
+    // Owned, so the future holds no borrowing iterator across an await (it must be `Send`
+    // to run as an API op).
+    let mut files = Vec::new();
+    for s in &view.segments {
+        files.extend(s.files.iter().cloned());
+        for i in &s.indexes {
+            files.extend(i.files.iter().cloned());
+        }
+    }
+    for f in &files {
         let data = host::read_file(client.store().as_ref(), &f.key).await?;
         let crc = crc32c::crc32c(&data);
         if data.len() as u64 != f.size || crc != f.crc32c {
@@ -318,7 +336,7 @@ async fn verify(client: &Client, view: &CollectionView) -> Result<Verified, Erro
 }
 
 /// Snapshot the collection as it is after the first compaction.
-async fn snapshot(client: &Client, name: &str) -> Result<SnapshotView, Error> {
+async fn snapshot(client: &Backend, name: &str) -> Result<SnapshotView, Error> {
     client
         .create_snapshot(CreateSnapshotRequest {
             collection: name.to_string(),
@@ -332,7 +350,7 @@ async fn snapshot(client: &Client, name: &str) -> Result<SnapshotView, Error> {
 /// The host keeps working after the snapshot: it writes more segments and compacts each shard
 /// again, which drops the segments the snapshot holds from the live collection. The snapshot
 /// must not change, and its files must stay.
-async fn move_on(client: &Client, name: &str) -> Result<AfterSnapshot, Error> {
+async fn move_on(client: &Backend, name: &str) -> Result<AfterSnapshot, Error> {
     let plan = IngestPlan {
         segments: SEGMENTS_AFTER_SNAPSHOT,
         files: FILES_PER_SEGMENT,
@@ -340,13 +358,13 @@ async fn move_on(client: &Client, name: &str) -> Result<AfterSnapshot, Error> {
         partition: DEFAULT_PARTITION.to_string(),
         shard: None,
     };
-    let ingest = ingest::ingest(client, name, &plan).await?;
-    let compact = compact::compact(client, name, None).await?;
+    let ingest = client.host_ingest(name, &plan).await?;
+    let compact = client.host_compact(name, None).await?;
     Ok(AfterSnapshot { ingest, compact })
 }
 
 /// The segment ids a committed snapshot lists, read from its manifests.
-async fn snapshot_segments(client: &Client, s: &SnapshotView) -> Result<Vec<u64>, Error> {
+pub async fn snapshot_segments(client: &Client, s: &SnapshotView) -> Result<Vec<u64>, Error> {
     let mut ids = Vec::new();
     for n in 0..s.manifests {
         let key = manifest::manifest_key(s.collection_id, s.id, n);
@@ -361,7 +379,11 @@ async fn snapshot_segments(client: &Client, s: &SnapshotView) -> Result<Vec<u64>
 
 /// Restore the snapshot into `<name>_restored`, showing progress, then compare every restored
 /// file with the snapshot's file it was copied from, byte for byte.
-async fn restore(client: &Client, name: &str, steps: &mut Steps<'_>) -> Result<DemoRestore, Error> {
+async fn restore(
+    client: &Backend,
+    name: &str,
+    steps: &mut Steps<'_>,
+) -> Result<DemoRestore, Error> {
     let target = format!("{name}_restored");
     let started = client
         .start_restore(StartRestoreRequest {
@@ -393,9 +415,26 @@ async fn restore(client: &Client, name: &str, steps: &mut Steps<'_>) -> Result<D
             job.failure.clone().unwrap_or_default()
         )));
     }
-    let mut files_compared = 0u64;
-    let mut bytes_compared = 0u64;
-    for seg in client.restore_segments(job.job_id).await? {
+    let compared = client.compare_restore(job.job_id).await?;
+    if compared.files != job.totals.files {
+        return Err(Error::internal(format!(
+            "the restore copied {} files but {} were compared",
+            job.totals.files, compared.files
+        )));
+    }
+    Ok(DemoRestore {
+        job,
+        collection: target,
+        files_compared: compared.files,
+        bytes_compared: compared.bytes,
+    })
+}
+
+/// Read every file restore job `job` wrote and the source it was copied from, and require
+/// them equal byte for byte (and equal to the recorded crc32c).
+pub async fn compare_restore(client: &Client, job: u64) -> Result<Verified, Error> {
+    let mut compared = Verified { files: 0, bytes: 0 };
+    for seg in client.restore_segments(job).await? {
         for (source_key, dest) in &seg.files {
             let restored = host::read_file(client.store().as_ref(), &dest.key).await?;
             let original = host::read_file(client.store().as_ref(), source_key).await?;
@@ -405,22 +444,53 @@ async fn restore(client: &Client, name: &str, steps: &mut Steps<'_>) -> Result<D
                     dest.key
                 )));
             }
-            files_compared += 1;
-            bytes_compared += dest.size;
+            compared.files += 1;
+            compared.bytes += dest.size;
         }
     }
-    if files_compared != job.totals.files {
-        return Err(Error::internal(format!(
-            "the restore copied {} files but {files_compared} were compared",
-            job.totals.files
-        )));
+    Ok(compared)
+}
+
+/// The data files a snapshot holds that its collection no longer has live.
+pub async fn snapshot_only_files(
+    client: &Client,
+    collection: &str,
+    snapshot: &str,
+) -> Result<Vec<String>, Error> {
+    let described = client.describe_snapshot(collection, snapshot).await?;
+    let live = client.describe_collection(collection).await?;
+    let live_keys: std::collections::BTreeSet<String> = live
+        .segments
+        .iter()
+        .flat_map(|s| s.files.iter().map(|f| f.key.clone()))
+        .collect();
+    let mut out = Vec::new();
+    for n in 0..described.manifests {
+        let key = manifest::manifest_key(described.collection_id, described.id, n);
+        let bytes = host::read_file(client.store().as_ref(), &key).await?;
+        for seg in manifest::decode_manifest(&bytes)? {
+            out.extend(
+                seg.files
+                    .into_iter()
+                    .map(|f| f.key)
+                    .filter(|k| !live_keys.contains(k)),
+            );
+        }
     }
-    Ok(DemoRestore {
-        job,
-        collection: target,
-        files_compared,
-        bytes_compared,
-    })
+    Ok(out)
+}
+
+/// How many of `keys` exist in the store.
+pub async fn count_existing(client: &Client, keys: &[String]) -> Result<u64, Error> {
+    let mut n = 0;
+    for key in keys {
+        match host::read_file(client.store().as_ref(), key).await {
+            Ok(_) => n += 1,
+            Err(e) if e.code == snapvault::ErrorCode::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// GC now (no retention, no orphan window: the demo's data directory has nothing in flight).
@@ -432,71 +502,48 @@ fn reclaim_now(dry_run: bool) -> GcRunOptions {
     }
 }
 
+/// How long the demo waits for GC's ref index to load.
+const GC_LOAD_WAIT: Duration = Duration::from_secs(120);
+
 /// GC keeps what the snapshot holds, reclaims it once the snapshot is dropped, and then
 /// finds nothing more; the restored collection is untouched throughout.
 async fn gc(
-    client: &Client,
+    client: &Backend,
     name: &str,
     restored: &str,
     steps: &mut Steps<'_>,
 ) -> Result<DemoGc, Error> {
-    let described = client.describe_snapshot(name, SNAPSHOT).await?;
-    let live = client.describe_collection(name).await?;
-    let live_keys: std::collections::BTreeSet<String> = live
-        .segments
-        .iter()
-        .flat_map(|s| s.files.iter().map(|f| f.key.clone()))
-        .collect();
-    let mut snapshot_only = Vec::new();
-    for n in 0..described.manifests {
-        let key = manifest::manifest_key(described.collection_id, described.id, n);
-        let bytes = host::read_file(client.store().as_ref(), &key).await?;
-        for seg in manifest::decode_manifest(&bytes)? {
-            snapshot_only.extend(
-                seg.files
-                    .into_iter()
-                    .map(|f| f.key)
-                    .filter(|k| !live_keys.contains(k)),
-            );
-        }
-    }
-    let with_snapshot = client.gc_run(reclaim_now(false)).await?;
-    for key in &snapshot_only {
-        host::read_file(client.store().as_ref(), key)
-            .await
-            .map_err(|e| {
-                Error::internal(format!("GC deleted '{key}', which the snapshot holds: {e}"))
-            })?;
+    let snapshot_only = client.snapshot_only_files(name, SNAPSHOT).await?;
+    let total = snapshot_only.len() as u64;
+    let with_snapshot = client.gc_run(reclaim_now(false), GC_LOAD_WAIT).await?;
+    let kept = client.count_existing(&snapshot_only).await?;
+    if kept != total {
+        return Err(Error::internal(format!(
+            "GC deleted {} of the {total} files the snapshot holds",
+            total - kept
+        )));
     }
     steps.done(&format!(
         "GC with the snapshot: reclaimed {}, kept all {} the host compacted away that the snapshot holds",
         plural(with_snapshot.total().objects, "object"),
-        plural(snapshot_only.len() as u64, "file")
+        plural(total, "file")
     ));
     client.drop_snapshot(name, SNAPSHOT).await?;
-    let after_drop = client.gc_run(reclaim_now(false)).await?;
-    let mut gone = 0u64;
-    for key in &snapshot_only {
-        if host::read_file(client.store().as_ref(), key).await.is_err() {
-            gone += 1;
-        }
-    }
-    if gone != snapshot_only.len() as u64 {
+    let after_drop = client.gc_run(reclaim_now(false), GC_LOAD_WAIT).await?;
+    let left = client.count_existing(&snapshot_only).await?;
+    if left != 0 {
         return Err(Error::internal(format!(
-            "GC left {} of the {} files only the dropped snapshot held",
-            snapshot_only.len() as u64 - gone,
-            snapshot_only.len()
+            "GC left {left} of the {total} files only the dropped snapshot held"
         )));
     }
-    let restored_view = client.describe_collection(restored).await?;
-    let restored_files_verified = verify(client, &restored_view).await?.files;
+    let restored_files_verified = client.verify_live_files(restored).await?.files;
     steps.done(&format!(
         "dropped snapshot '{SNAPSHOT}'; GC reclaimed {} ({}), the restored collection still verifies ({})",
         plural(after_drop.total().objects, "object"),
         bytes(after_drop.total().bytes),
         plural(restored_files_verified, "file")
     ));
-    let dry_run_after = client.gc_run(reclaim_now(true)).await?;
+    let dry_run_after = client.gc_run(reclaim_now(true), GC_LOAD_WAIT).await?;
     if dry_run_after.total().objects != 0 {
         return Err(Error::internal(format!(
             "a GC dry run after the sweep still finds {} to reclaim",
@@ -505,7 +552,7 @@ async fn gc(
     }
     steps.done("GC dry run: nothing more to reclaim");
     Ok(DemoGc {
-        snapshot_only_files: snapshot_only.len() as u64,
+        snapshot_only_files: total,
         with_snapshot,
         after_drop,
         dry_run_after,

@@ -46,8 +46,7 @@ pub async fn run(
     };
     // A command-line run waits for the index to load (it just started the node); the report
     // still says "not loaded" if it did not within the wait.
-    let _ = ctx.client.gc_wait_loaded(LOAD_WAIT).await;
-    let report = ctx.client.gc_run(options).await?;
+    let report = ctx.client.gc_run(options, LOAD_WAIT).await?;
     ctx.out.emit(&report, || render_report(&report))
 }
 
@@ -97,8 +96,7 @@ fn render_report(r: &GcReport) -> String {
 }
 
 pub async fn status(ctx: &Ctx) -> Result<(), Error> {
-    let _ = ctx.client.gc_wait_loaded(Duration::from_secs(60)).await;
-    let s = ctx.client.gc_status();
+    let s = ctx.client.gc_status(Duration::from_secs(60)).await?;
     ctx.out.emit(&s, || render_status(&s))
 }
 

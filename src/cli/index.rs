@@ -107,7 +107,10 @@ pub async fn index(ctx: &Ctx, cmd: IndexCmd) -> Result<(), Error> {
             segment,
         } => {
             let segment = parse_segment_id(&segment)?;
-            let built = build(&ctx.client, &collection, &index, segment).await?;
+            let built = ctx
+                .client
+                .host_index_build(&collection, &index, segment)
+                .await?;
             ctx.out.emit(&built, || {
                 format!(
                     "built index '{}' on segment {} of '{}' (build {}, {})",
@@ -123,7 +126,7 @@ pub async fn index(ctx: &Ctx, cmd: IndexCmd) -> Result<(), Error> {
 }
 
 /// A recorded index build.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Built {
     pub collection: String,
     pub index: String,

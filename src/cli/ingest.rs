@@ -31,7 +31,7 @@ pub struct IngestPlan {
     pub shard: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct IngestReport {
     pub collection: String,
     pub collection_id: u64,
@@ -62,7 +62,7 @@ pub async fn run(ctx: &Ctx, args: IngestArgs) -> Result<(), Error> {
         partition: args.partition,
         shard: args.shard,
     };
-    let report = ingest(&ctx.client, &args.collection, &plan).await?;
+    let report = ctx.client.host_ingest(&args.collection, &plan).await?;
     ctx.out.emit(&report, || summary(&report))
 }
 

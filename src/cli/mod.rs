@@ -2,17 +2,21 @@
 //!
 //! Every command runs embedded on a data directory (`--data`, the sled log in `DIR/log` and
 //! the local object store in `DIR/objects`): it starts a node, does its work through the typed
-//! [`Client`], and shuts the node down. Arguments are checked *before* the node starts, so bad
-//! input never touches the data directory. Each command group lives in its own file; this
+//! `Client`, and shuts the node down; with `--nats URL` the same commands talk to a snapvault
+//! service instead (`backend`, `nats_args`). Arguments are checked *before* the node starts,
+//! so bad input never touches the data directory. Each command group lives in its own file; this
 //! file only parses and routes.
 
+pub mod backend;
 pub mod collection;
 pub mod compact;
 pub mod demo;
 pub mod external;
 pub mod gc;
+pub mod host_ops;
 pub mod index;
 pub mod ingest;
+pub mod nats_args;
 pub mod output;
 pub mod restore;
 pub mod serve;
@@ -20,7 +24,7 @@ pub mod snapshot;
 
 use clap::{Args, Parser, Subcommand};
 use output::Output;
-use snapvault::{Client, Error, ErrorCode, Node, NodeConfig};
+use snapvault::{Error, ErrorCode, Node};
 use snapvault_events::validate::validate_name;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +48,10 @@ pub struct Cli {
     /// Print results (and errors) as JSON on stdout, for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// NATS: remote mode, `serve` on NATS, the JetStream log, the S3 store.
+    #[command(flatten)]
+    pub nats: nats_args::NatsArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -289,7 +297,8 @@ pub struct CompactArgs {
 
 /// What every command gets: the client of the running node and where to print.
 pub struct Ctx {
-    pub client: Client,
+    /// The embedded node's client, or the remote one with `--nats` (see `backend`).
+    pub client: backend::Backend,
     pub out: Output,
     pub data: PathBuf,
     /// Set by a command that printed its full result and still fails (`snapshot verify` that
@@ -333,10 +342,13 @@ pub fn json_requested() -> bool {
         .any(|a| a == "--json")
 }
 
-/// Tracing to stderr, filtered by `RUST_LOG` (default `warn`), so stdout stays the result.
+/// Tracing to stderr, filtered by `RUST_LOG` (default `warn`, async-nats off), so stdout stays
+/// the result.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // async-nats logs connection trouble itself; the CLI reports it as its one error
+        // line, so by default the client library stays quiet (RUST_LOG=async_nats=warn shows it).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,async_nats=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -346,18 +358,34 @@ pub fn init_tracing() {
 /// Run a parsed command to completion.
 pub fn run(cli: Cli) -> Result<(), Error> {
     check_args(&cli.command)?;
+    let serving = matches!(cli.command, Command::Serve);
+    cli.nats.check(serving)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("cannot start the async runtime: {e}")))?;
     let json = cli.json;
     let (result, result_printed) = runtime.block_on(async move {
-        let node = match Node::start(NodeConfig::embedded(&cli.data)).await {
+        if cli.nats.nats.is_some() {
+            return if serving {
+                (
+                    serve::run_service(Output::new(cli.json), &cli.data, &cli.nats).await,
+                    false,
+                )
+            } else {
+                remote(cli).await
+            };
+        }
+        let config = match cli.nats.node_config(&cli.data) {
+            Ok(c) => c,
+            Err(e) => return (Err(e), false),
+        };
+        let node = match Node::start(config).await {
             Ok(node) => node,
             Err(e) => return (Err(e), false),
         };
         let ctx = Ctx {
-            client: node.client(),
+            client: backend::Backend::Local(node.client()),
             out: Output::new(cli.json),
             data: cli.data.clone(),
             result_printed: AtomicBool::new(false),
@@ -384,6 +412,33 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         result => result,
     }
+}
+
+/// A command in remote mode: the same dispatch, against the service on `--nats`.
+async fn remote(cli: Cli) -> (Result<(), Error>, bool) {
+    let connected = async {
+        let options = cli
+            .nats
+            .options("snapvault-cli")
+            .ok_or_else(|| Error::internal("remote mode without --nats"))?;
+        let nats = snapvault::nats::connect(&options).await?;
+        let mut remote = snapvault::nats::RemoteClient::new(nats, &cli.nats.prefix);
+        remote.timeout = cli.nats.request_timeout()?;
+        Ok::<_, Error>(remote)
+    };
+    let remote = match connected.await {
+        Ok(r) => r,
+        Err(e) => return (Err(e), false),
+    };
+    let ctx = Ctx {
+        client: backend::Backend::Remote(remote.clone()),
+        out: Output::new(cli.json),
+        data: cli.data.clone(),
+        result_printed: AtomicBool::new(false),
+    };
+    let result = dispatch(&ctx, cli.command).await;
+    let _ = remote.nats().flush().await;
+    (result, ctx.result_printed.load(Ordering::Relaxed))
 }
 
 async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {

@@ -1,0 +1,316 @@
+//! Published events: every committed domain event on `<prefix>.events.v1.<kind>.<id>`.
+//!
+//! A projection tails the log (`EventLog::subscribe`) from a durable checkpoint and publishes
+//! each event in log order, with headers giving its position (`Snapvault-Position`), stream,
+//! version and type, and `Nats-Msg-Id: <prefix>-<position>` so a JetStream stream capturing
+//! the subjects de-duplicates by itself.
+//!
+//! **Guarantee**: at-least-once, in log order (so in version order per entity). The
+//! checkpoint (`events/publisher.checkpoint` in the object store: the last position whose
+//! publish the server confirmed with a flush) is written every
+//! [`PublisherConfig::checkpoint_every_events`] events or
+//! [`PublisherConfig::checkpoint_every_ms`]; after a crash the events after it are published
+//! again, and every node serving a log publishes, so a subscriber de-duplicates by position
+//! (per stream: drop an event whose position is not above the last one it applied). Core NATS
+//! delivers only to subscribers connected at the time: a consumer that must not miss events
+//! while it is down captures `<prefix>.events.v1.>` in a JetStream stream of its own.
+//!
+//! The `ids` stream (id-block reservations) is bookkeeping, not a domain event, and is not
+//! published. A stream `<kind>-<id>` goes to `<kind>.<id>`; a singleton stream (`catalog`,
+//! `gc`) to `<kind>._`.
+
+use super::wire;
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use snapvault_events::envelope::Envelope;
+use snapvault_events::jetstream::record::stream_token;
+use snapvault_events::{EventLog, LogError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Where the publisher keeps its position, outside the GC-scanned prefixes.
+pub const CHECKPOINT_KEY: &str = "events/publisher.checkpoint";
+
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    pub prefix: String,
+    pub checkpoint_every_events: u64,
+    pub checkpoint_every_ms: u64,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        PublisherConfig {
+            prefix: "snapvault".into(),
+            checkpoint_every_events: 512,
+            checkpoint_every_ms: 1_000,
+        }
+    }
+}
+
+/// The body of a published event (msgpack, named fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedEvent {
+    pub stream: String,
+    pub kind: String,
+    pub id: String,
+    pub version: u64,
+    pub position: u64,
+    pub event_type: String,
+    pub schema_version: u16,
+    pub time_ms: u64,
+    pub correlation_id: u64,
+    pub causation_id: u64,
+    /// The domain event itself, decoded from its payload.
+    pub event: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    position: u64,
+    stream: String,
+    version: u64,
+}
+
+/// `collection-7` → (`collection`, `7`); `catalog` → (`catalog`, `_`).
+pub fn kind_and_id(stream: &str) -> (String, String) {
+    match stream.rsplit_once('-') {
+        Some((k, id)) if !k.is_empty() && !id.is_empty() => (stream_token(k), stream_token(id)),
+        _ => (stream_token(stream), "_".to_string()),
+    }
+}
+
+/// `<prefix>.events.v1.<kind>.<id>`.
+pub fn event_subject(prefix: &str, stream: &str) -> String {
+    let (kind, id) = kind_and_id(stream);
+    format!("{prefix}.events.v1.{kind}.{id}")
+}
+
+/// A running publisher.
+pub struct EventPublisher {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventPublisher {
+    pub fn start(
+        nats: async_nats::Client,
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn ObjectStore>,
+        config: PublisherConfig,
+    ) -> EventPublisher {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(nats, log, store, config, stop_rx));
+        EventPublisher { stop, task }
+    }
+
+    /// Publish what was read, write the checkpoint, stop.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn load_checkpoint(log: &dyn EventLog, store: &dyn ObjectStore) -> u64 {
+    let Ok(bytes) = snapvault_actors::snapshot::worker::get_object(store, CHECKPOINT_KEY).await
+    else {
+        return 0;
+    };
+    let Ok(c) = serde_json::from_slice::<Checkpoint>(&bytes) else {
+        tracing::warn!("event publisher: checkpoint unreadable; publishing from the start");
+        return 0;
+    };
+    match log.read_all(c.position, 1).await {
+        Ok(page)
+            if page.first().is_some_and(|e| {
+                e.position == c.position && e.stream == c.stream && e.version == c.version
+            }) =>
+        {
+            c.position
+        }
+        _ => {
+            tracing::warn!(
+                position = c.position,
+                "event publisher: checkpoint does not match this log; publishing from the start"
+            );
+            0
+        }
+    }
+}
+
+async fn save_checkpoint(nats: &async_nats::Client, store: &dyn ObjectStore, last: &Envelope) {
+    // Only what the server has received counts as published.
+    if let Err(e) = nats.flush().await {
+        tracing::debug!(error = %e, "event publisher: flush failed; checkpoint not moved");
+        return;
+    }
+    let c = Checkpoint {
+        position: last.position,
+        stream: last.stream.clone(),
+        version: last.version,
+    };
+    let Ok(bytes) = serde_json::to_vec(&c) else {
+        return;
+    };
+    if let Err(e) =
+        snapvault_actors::snapshot::worker::put_object(store, CHECKPOINT_KEY, Bytes::from(bytes))
+            .await
+    {
+        tracing::warn!(error = %e, "event publisher: checkpoint not written");
+    }
+}
+
+fn message(
+    prefix: &str,
+    env: &Envelope,
+) -> Result<(String, async_nats::HeaderMap, Vec<u8>), String> {
+    let (kind, id) = kind_and_id(&env.stream);
+    let event: serde_json::Value = rmp_serde::from_slice(&env.payload).unwrap_or_else(|e| {
+        tracing::warn!(position = env.position, error = %e, "event publisher: payload not decodable; published without it");
+        serde_json::Value::Null
+    });
+    let body = PublishedEvent {
+        stream: env.stream.clone(),
+        kind: kind.clone(),
+        id: id.clone(),
+        version: env.version,
+        position: env.position,
+        event_type: env.event_type.clone(),
+        schema_version: env.schema_version,
+        time_ms: env.time_ms,
+        correlation_id: env.correlation_id,
+        causation_id: env.causation_id,
+        event,
+    };
+    let bytes = rmp_serde::to_vec_named(&body).map_err(|e| e.to_string())?;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(wire::CONTENT_TYPE, wire::MSGPACK);
+    h.insert(wire::EVENT_POSITION, env.position.to_string().as_str());
+    h.insert(wire::EVENT_STREAM, env.stream.as_str());
+    h.insert(wire::EVENT_VERSION, env.version.to_string().as_str());
+    h.insert(wire::EVENT_TYPE, env.event_type.as_str());
+    h.insert("Nats-Msg-Id", format!("{prefix}-{}", env.position).as_str());
+    Ok((format!("{prefix}.events.v1.{kind}.{id}"), h, bytes))
+}
+
+async fn run(
+    nats: async_nats::Client,
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn ObjectStore>,
+    config: PublisherConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut next = load_checkpoint(&*log, &*store).await + 1;
+    let mut last: Option<Envelope> = None;
+    let mut since_checkpoint = 0u64;
+    let mut checkpointed_at = tokio::time::Instant::now();
+    let every = Duration::from_millis(config.checkpoint_every_ms.max(10));
+    let mut backoff_ms = 50;
+    'outer: loop {
+        let mut sub = log.clone().subscribe(next);
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => break 'outer,
+                _ = tokio::time::sleep(every), if since_checkpoint > 0 => {
+                    if let Some(l) = &last {
+                        save_checkpoint(&nats, &*store, l).await;
+                    }
+                    since_checkpoint = 0;
+                    checkpointed_at = tokio::time::Instant::now();
+                    continue;
+                }
+                item = sub.next() => item,
+            };
+            match item {
+                Some(Ok(env)) => {
+                    backoff_ms = 50;
+                    next = env.position + 1;
+                    if env.stream != snapvault_events::ids::IDS_STREAM {
+                        match message(&config.prefix, &env) {
+                            Ok((subject, headers, body)) => {
+                                if let Err(e) = nats
+                                    .publish_with_headers(subject, headers, body.into())
+                                    .await
+                                {
+                                    tracing::warn!(error = %e, position = env.position, "event publisher: publish failed; retrying from there");
+                                    next = env.position;
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, position = env.position, "event publisher: cannot encode")
+                            }
+                        }
+                    }
+                    last = Some(env);
+                    since_checkpoint += 1;
+                    if since_checkpoint >= config.checkpoint_every_events
+                        || checkpointed_at.elapsed() >= every
+                    {
+                        if let Some(l) = &last {
+                            save_checkpoint(&nats, &*store, l).await;
+                        }
+                        since_checkpoint = 0;
+                        checkpointed_at = tokio::time::Instant::now();
+                    }
+                }
+                Some(Err(LogError::Unavailable(e))) => {
+                    tracing::debug!(error = %e, "event publisher: log unavailable; resubscribing");
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "event publisher stopped: the log cannot be read past here");
+                    break 'outer;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+        }
+        backoff_ms = (backoff_ms * 2).min(2_000);
+    }
+    if let Some(l) = &last {
+        save_checkpoint(&nats, &*store, l).await;
+    }
+}
+
+/// Completes once the stop flag is set (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_come_from_stream_names() {
+        assert_eq!(
+            event_subject("sv", "collection-7"),
+            "sv.events.v1.collection.7"
+        );
+        assert_eq!(
+            event_subject("sv", "snapshot-12"),
+            "sv.events.v1.snapshot.12"
+        );
+        assert_eq!(event_subject("sv", "catalog"), "sv.events.v1.catalog._");
+        assert_eq!(
+            event_subject("sv", "copy-task-3"),
+            "sv.events.v1.copy-task.3"
+        );
+    }
+}

@@ -1,0 +1,425 @@
+//! The NATS service: every op of an [`OpTable`] on `<prefix>.api.v1.<op>`, registered as a NATS
+//! micro service (so `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` answer, and several nodes
+//! share the load through the micro-service queue group).
+//!
+//! Each request is decoded, checked against the limits, de-duplicated by its request id
+//! (`super::requests`), run on the node's client in its own task (at most
+//! [`ServiceConfig::max_concurrent`] at once: further requests wait, they are not refused),
+//! and answered; any failure — a body that is not msgpack/JSON, a wrong field type, a missing
+//! field, an unknown op, an oversized payload, a panic in a handler — is a structured error
+//! reply and the service keeps serving. A subject under `<prefix>.api.v1.` that names no op is
+//! answered by a catch-all endpoint with `invalid_argument` (without it the caller would only
+//! see "no responders").
+//!
+//! [`ServiceHandle::stop`] drains: the endpoints stop taking requests, the requests already
+//! taken finish and are answered, then the connection is flushed.
+
+use super::ops::OpTable;
+use super::requests::{Claim, RequestMemory, StoredReply};
+use super::wire::{self, ErrorBody, Format};
+use crate::Client;
+use async_nats::HeaderMap;
+use async_nats::service::ServiceExt;
+use futures::{FutureExt, StreamExt};
+use snapvault_events::Error;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Subjects are `<prefix>.api.v1.<op>`.
+    pub prefix: String,
+    /// The micro-service name (`$SRV.*.<name>`).
+    pub name: String,
+    /// Largest request body accepted.
+    pub max_request_bytes: usize,
+    /// Largest reply body sent (also capped by the server's `max_payload`).
+    pub max_reply_bytes: usize,
+    /// Requests run at once.
+    pub max_concurrent: usize,
+    /// How long a retry waits for a request with the same id that is still running.
+    pub running_wait_ms: u64,
+    /// How long a claimed request id stays "running" if its node dies (see `requests`).
+    pub running_ttl_ms: u64,
+    /// How long `stop` waits for requests in flight.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            prefix: "snapvault".into(),
+            name: "snapvault".into(),
+            max_request_bytes: 256 * 1024,
+            max_reply_bytes: 8 << 20,
+            max_concurrent: 64,
+            running_wait_ms: 10_000,
+            running_ttl_ms: 900_000,
+            drain_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Queue group of the catch-all endpoint that answers unknown ops.
+pub const UNKNOWN_OP_QUEUE_GROUP: &str = "snapvault-unknown-op";
+
+/// `<prefix>.api.v1`.
+pub fn api_prefix(prefix: &str) -> String {
+    format!("{prefix}.api.v1")
+}
+
+struct Shared {
+    client: Client,
+    ops: OpTable,
+    memory: RequestMemory,
+    config: ServiceConfig,
+    api: String,
+    max_reply_bytes: usize,
+}
+
+/// A running service.
+pub struct ServiceHandle {
+    service: async_nats::service::Service,
+    nats: async_nats::Client,
+    stop_tx: watch::Sender<bool>,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+/// Start serving `ops` for `client` on `nats`.
+pub async fn start(
+    nats: async_nats::Client,
+    client: Client,
+    ops: OpTable,
+    memory: RequestMemory,
+    config: ServiceConfig,
+) -> Result<ServiceHandle, Error> {
+    snapvault_events::jetstream::validate_prefix(&config.prefix).map_err(Error::from)?;
+    let api = api_prefix(&config.prefix);
+    let service = nats
+        .service_builder()
+        .description(format!(
+            "snapvault {}: snapshots, restore and GC; requests on {api}.<op>",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .start(&config.name, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot register the NATS service: {e}")))?;
+    let mut endpoints = Vec::with_capacity(ops.len() + 1);
+    for op in ops.names() {
+        let ep = service
+            .endpoint_builder()
+            .name(op.replace('.', "_"))
+            .add(format!("{api}.{op}"))
+            .await
+            .map_err(|e| Error::unavailable(format!("cannot add endpoint {api}.{op}: {e}")))?;
+        endpoints.push(ep.map(|r| (true, r)).boxed());
+    }
+    // Its own queue group: NATS picks ONE member per queue group among all matching
+    // subscriptions, so in the ops' group it would steal (and drop) their requests.
+    let catch_all = service
+        .endpoint_builder()
+        .name("unknown_op")
+        .queue_group(UNKNOWN_OP_QUEUE_GROUP)
+        .add(format!("{api}.>"))
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot add endpoint {api}.>: {e}")))?;
+    endpoints.push(catch_all.map(|r| (false, r)).boxed());
+    let max_payload = nats.server_info().max_payload;
+    let max_reply_bytes = config
+        .max_reply_bytes
+        .min(max_payload.saturating_sub(4096).max(1024));
+    let shared = Arc::new(Shared {
+        client,
+        ops,
+        memory,
+        api,
+        max_reply_bytes,
+        config,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dispatcher = tokio::spawn(dispatch(
+        shared,
+        futures::stream::select_all(endpoints),
+        stop_rx,
+    ));
+    Ok(ServiceHandle {
+        service,
+        nats,
+        stop_tx,
+        dispatcher,
+    })
+}
+
+impl ServiceHandle {
+    /// Stop taking requests, finish and answer the ones in flight, flush.
+    pub async fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        let _ = self.dispatcher.await;
+        let _ = self.service.stop().await;
+        let _ = self.nats.flush().await;
+    }
+}
+
+async fn dispatch(
+    shared: Arc<Shared>,
+    mut requests: futures::stream::SelectAll<
+        futures::stream::BoxStream<'static, (bool, async_nats::service::Request)>,
+    >,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_concurrent.max(1)));
+    let mut running = JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => None,
+            r = requests.next() => r,
+            Some(_) = running.join_next(), if !running.is_empty() => continue,
+        };
+        let Some((known_endpoint, request)) = next else {
+            break;
+        };
+        let op = request
+            .message
+            .subject
+            .as_str()
+            .strip_prefix(&shared.api)
+            .and_then(|s| s.strip_prefix('.'))
+            .unwrap_or_default()
+            .to_string();
+        // Known ops also reach the catch-all subscription: only its copy of an unknown op
+        // gets an answer there.
+        if !known_endpoint && shared.ops.get(&op).is_some() {
+            continue;
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let s = shared.clone();
+        running.spawn(async move {
+            let _permit = permit;
+            respond(&s, &op, request).await;
+        });
+    }
+    // Drain: every request taken is answered before the service stops.
+    drop(requests);
+    let drain = Duration::from_millis(shared.config.drain_timeout_ms);
+    if tokio::time::timeout(drain, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            left = running.len(),
+            "requests still running after the drain timeout; abandoning them"
+        );
+        running.abort_all();
+    }
+}
+
+async fn respond(s: &Shared, op: &str, request: async_nats::service::Request) {
+    tracing::debug!(%op, "request");
+    let format = Format::of(request.message.headers.as_ref());
+    let request_id = request
+        .message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(wire::REQUEST_ID))
+        .map(|v| v.as_str().to_string());
+    let (reply, replayed) = answer(
+        s,
+        op,
+        format,
+        &request.message.payload,
+        request_id.as_deref(),
+    )
+    .await;
+    let (mut body, mut error) = match encode_reply(format, &reply) {
+        Ok(b) => (b, reply.error.clone()),
+        Err(e) => error_body(format, &ErrorBody::of(&e).with("op", op)),
+    };
+    if body.len() > s.max_reply_bytes {
+        let e = ErrorBody::of(&Error::failed_precondition(format!(
+            "the reply of '{op}' is {} bytes, over the limit of {} bytes; ask for less (a page, a filter)",
+            body.len(),
+            s.max_reply_bytes
+        )))
+        .with("op", op)
+        .with("limit_bytes", s.max_reply_bytes.to_string());
+        (body, error) = error_body(format, &e);
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(wire::CONTENT_TYPE, format.content_type());
+    if replayed {
+        headers.insert(wire::REPLAYED, "true");
+    }
+    if let Some(e) = &error {
+        headers.insert(wire::ERROR_CODE, e.code.as_str());
+        headers.insert(
+            wire::SERVICE_ERROR_CODE,
+            wire::status_number(e.code).to_string().as_str(),
+        );
+        headers.insert(wire::SERVICE_ERROR, one_line(&e.message).as_str());
+    }
+    tracing::debug!(%op, error = ?error.as_ref().map(|e| e.code), replayed, "reply");
+    if let Err(e) = request.respond_with_headers(Ok(body.into()), headers).await {
+        tracing::warn!(%op, error = %e, "could not send a reply");
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let line: String = s.replace(['\r', '\n'], " ");
+    line.chars().take(512).collect()
+}
+
+fn encode_reply(format: Format, reply: &StoredReply) -> Result<Vec<u8>, Error> {
+    match &reply.error {
+        Some(e) => wire::encode(format, e),
+        None => wire::encode(format, &reply.value),
+    }
+}
+
+fn error_body(format: Format, e: &ErrorBody) -> (Vec<u8>, Option<ErrorBody>) {
+    let body = wire::encode(format, e).unwrap_or_else(|_| e.message.clone().into_bytes());
+    (body, Some(e.clone()))
+}
+
+fn failed(e: Error, op: &str, request_id: Option<&str>) -> StoredReply {
+    let mut body = ErrorBody::of(&e).with("op", op);
+    if let Some(id) = request_id {
+        body = body.with("request_id", id);
+    }
+    StoredReply {
+        error: Some(body),
+        value: serde_json::Value::Null,
+    }
+}
+
+/// The reply to one request, and whether it came from the request-id memory.
+async fn answer(
+    s: &Shared,
+    op: &str,
+    format: Format,
+    payload: &[u8],
+    request_id: Option<&str>,
+) -> (StoredReply, bool) {
+    if payload.len() > s.config.max_request_bytes {
+        let mut r = failed(
+            Error::invalid_argument(format!(
+                "the request body of '{op}' is {} bytes, over the limit of {} bytes",
+                payload.len(),
+                s.config.max_request_bytes
+            )),
+            op,
+            request_id,
+        );
+        if let Some(e) = r.error.as_mut() {
+            e.details
+                .insert("limit_bytes".into(), s.config.max_request_bytes.to_string());
+        }
+        return (r, false);
+    }
+    let Some(handler) = s.ops.get(op).cloned() else {
+        let known: Vec<&str> = s.ops.names().collect();
+        return (
+            failed(
+                Error::invalid_argument(format!(
+                    "unknown op '{}' on {}; known ops: {}",
+                    op.escape_debug(),
+                    s.api,
+                    known.join(", ")
+                )),
+                op,
+                request_id,
+            ),
+            false,
+        );
+    };
+    let run = |body: bytes::Bytes| {
+        let (client, handler) = (s.client.clone(), handler.clone());
+        async move {
+            // A panicking handler is a bug, but it must not take the service down nor leave
+            // the caller waiting: it becomes an `internal` reply.
+            match std::panic::AssertUnwindSafe(handler(client, format, body))
+                .catch_unwind()
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(Error::internal(format!(
+                    "op '{op}' failed unexpectedly (a bug: see the node's log)"
+                ))),
+            }
+        }
+    };
+    let body = bytes::Bytes::copy_from_slice(payload);
+    let Some(id) = request_id else {
+        return (to_reply(run(body).await, op, None), false);
+    };
+    if let Err(e) = wire::check_request_id(id) {
+        return (failed(e, op, None), false);
+    }
+    let fingerprint = crc32c::crc32c(payload);
+    let running_ttl = Duration::from_millis(s.config.running_ttl_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(s.config.running_wait_ms);
+    loop {
+        match s.memory.claim(id, op, fingerprint, running_ttl).await {
+            Err(e) => return (failed(e, op, Some(id)), false),
+            Ok(Claim::Replay(r)) => return (r, true),
+            Ok(Claim::Run(ticket)) => {
+                let reply = to_reply(run(body).await, op, Some(id));
+                let transient = reply
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.code == snapvault_events::ErrorCode::Unavailable);
+                if transient {
+                    // Not remembered: the retry runs again (see `requests`).
+                    if let Err(e) = s.memory.release(ticket).await {
+                        tracing::warn!(%op, request_id = id, error = %e, "claim not released");
+                    }
+                    return (reply, false);
+                }
+                if let Err(e) = s.memory.finish(ticket, &reply).await {
+                    tracing::warn!(%op, request_id = id, error = %e, "answer not remembered; a retry of this id will wait for the running marker to expire");
+                }
+                return (reply, false);
+            }
+            Ok(Claim::Running) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return (
+                        failed(
+                            Error::unavailable(format!(
+                                "request '{id}' is still running (on this or another node); retry later with the same id to get its answer"
+                            )),
+                            op,
+                            Some(id),
+                        ),
+                        false,
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn to_reply(r: Result<serde_json::Value, Error>, op: &str, id: Option<&str>) -> StoredReply {
+    match r {
+        Ok(value) => StoredReply { error: None, value },
+        Err(e) => failed(e, op, id),
+    }
+}
+
+/// Completes once the stop flag is set (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
