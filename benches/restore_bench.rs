@@ -7,9 +7,12 @@
 //!    reads and writes plus a crc32c of every byte, a size check of every copy, the job and
 //!    task events, progress batches, and the commit. Target: restore throughput ≥ 0.8× the
 //!    raw copy's.
-//! 2. **Memory.** Restores of 10k and then 100k small files (1 KiB): peak RSS (VmHWM) after
-//!    each. Target: the 100k restore does not raise the peak materially over the 10k one —
-//!    a job holds one task's plan at a time per copy in flight, never the whole file list.
+//! 2. **Memory.** Restores of 10k and then 100k small files (1 KiB): peak RSS (VmHWM) around
+//!    each. Every collection's catalog state is held in memory by design, so the restored
+//!    collection itself costs memory linear in its files. The baseline, measured in the same
+//!    run: how much the peak rose while the source collection of the same size was set up.
+//!    Target: the restore raises the peak by no more than that (ratio ≤ 1.0) — the job holds
+//!    one task's plan at a time per copy in flight, never the whole file list.
 //!
 //! `cargo bench --bench restore_bench`; `SNAPVAULT_BENCH_QUICK=1` shrinks both parts.
 
@@ -170,14 +173,30 @@ async fn restore(c: &Client, source: &str, target: &str) -> Result<Duration, Box
             },
         })
         .await?;
+    let job_started = started.elapsed();
     let end = c
         .wait_restore(job.job_id, Duration::from_millis(5), None, |_| {})
         .await?;
     let took = started.elapsed();
+    if std::env::var_os("SNAPVAULT_BENCH_PHASES").is_some() {
+        eprintln!(
+            "phases: start call {:?}, requested→running {} ms, running→finished {} ms",
+            job_started,
+            end.started_ms.unwrap_or(0).saturating_sub(end.requested_ms),
+            end.finished_ms
+                .unwrap_or(0)
+                .saturating_sub(end.started_ms.unwrap_or(0))
+        );
+    }
     if end.status != RestoreStatus::Completed {
         return Err(format!("restore ended {:?}: {:?}", end.status, end.failure).into());
     }
     Ok(took)
+}
+
+/// Write back every dirty page, so the next case starts from the same state.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 fn mib_per_s(bytes: u64, d: Duration) -> f64 {
@@ -203,12 +222,20 @@ async fn throughput(dir: &std::path::Path) -> Result<(), BoxError> {
     );
     let mut best_raw = Duration::MAX;
     let mut best_restore = Duration::MAX;
-    // Alternate, best of 3 each, so page cache and disk state treat both alike.
+    // Best of 3 each, alternating which goes first, and each starting with no dirty pages
+    // (`sync`): the kernel throttles a writer that finds the page cache full of the other
+    // case's unwritten data, which would charge one case for the other's writes.
     for round in 0..3 {
-        let raw = raw_copy(&**c.store(), &files, &format!("raw{round}")).await?;
-        best_raw = best_raw.min(raw);
-        let r = restore(&c, "big", &format!("restored{round}")).await?;
-        best_restore = best_restore.min(r);
+        for case in [round % 2, 1 - round % 2] {
+            settle();
+            if case == 0 {
+                let raw = raw_copy(&**c.store(), &files, &format!("raw{round}")).await?;
+                best_raw = best_raw.min(raw);
+            } else {
+                let r = restore(&c, "big", &format!("restored{round}")).await?;
+                best_restore = best_restore.min(r);
+            }
+        }
     }
     let raw_rate = mib_per_s(total, best_raw);
     let restore_rate = mib_per_s(total, best_restore);
@@ -240,26 +267,39 @@ async fn memory(dir: &std::path::Path) -> Result<(), BoxError> {
     };
     let node = Node::start(NodeConfig::embedded(dir)).await?;
     let c = node.client();
-    println!("\nmemory: restores of small files (1 KiB), peak RSS after each");
+    println!("\nmemory: restores of small files (1 KiB), peak RSS (VmHWM) around each");
     println!(
-        "{:<24} {:>10} {:>14} {:>14}",
-        "files", "time", "peak RSS MiB", "setup peak MiB"
+        "{:<10} {:>10} {:>12} {:>16} {:>18} {:>8}",
+        "files", "time", "peak MiB", "setup rise MiB", "restore rise MiB", "ratio"
     );
     for (n, files) in sizes.iter().enumerate() {
         let name = format!("small{n}");
+        let start = peak_rss_kib();
         setup(&c, &name, files / FILES_PER_SEGMENT as u64, 1024).await?;
+        settle();
         let before = peak_rss_kib();
         let took = restore(&c, &name, &format!("small{n}_restored")).await?;
         let after = peak_rss_kib();
+        // The baseline is what holding a collection of this many files costs this process
+        // (its catalog state lives in memory by design): the rise of the peak while the
+        // source collection was set up and snapshotted. A restore creates one more such
+        // collection; its job must add nothing on top that grows with the file count.
+        let setup_rise = before.saturating_sub(start) as f64 / 1024.0;
+        let restore_rise = after.saturating_sub(before) as f64 / 1024.0;
         println!(
-            "{:<24} {:>9.0}ms {:>14.1} {:>14.1}",
+            "{:<10} {:>9.0}ms {:>12.1} {:>16.1} {:>18.1} {:>8.2}",
             files,
             took.as_secs_f64() * 1e3,
             after as f64 / 1024.0,
-            before as f64 / 1024.0
+            setup_rise,
+            restore_rise,
+            restore_rise / setup_rise.max(0.1)
         );
     }
-    println!("target: the peak does not grow with the file count");
+    println!(
+        "target: the restore raises the peak by no more than the collection it creates costs \
+         (ratio <= 1.0): the job itself holds one task's plan per copy in flight, never the file list"
+    );
     drop(c);
     node.shutdown().await;
     Ok(())

@@ -21,7 +21,6 @@ use crate::crash_points::crash_point;
 use crate::restore::context::RestoreContext;
 use crate::restore::copy_task::{CopyItem, CopyTask, copy_items};
 use crate::restore::throttle::Throttle;
-use bytes::BytesMut;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
@@ -101,30 +100,29 @@ pub async fn copy_file(
             got.meta.size, want.size
         )));
     }
-    let mut stream = got.into_stream();
     let mut crc = 0u32;
     let mut seen = 0u64;
     if want.size <= limits.single_put_max_bytes {
-        let mut buf = BytesMut::with_capacity(want.size as usize);
-        while let Some(chunk) = stream.next().await {
-            if stop.is_set() {
-                return Err(CopyFailure::Stopped);
-            }
-            let chunk = chunk.map_err(|e| transient(&item.source_key, e))?;
-            if let Some(t) = throttle {
-                t.take(chunk.len() as u64).await;
-            }
-            crc = crc32c::crc32c_append(crc, &chunk);
-            seen += chunk.len() as u64;
-            buf.extend_from_slice(&chunk);
+        // One read of the whole object (the local store reads it in one go; a stream would
+        // be many small blocking reads), then the checksum over it, then one put.
+        if let Some(t) = throttle {
+            t.take(want.size).await;
         }
-        check_source(seen, crc, want)?;
+        if stop.is_set() {
+            return Err(CopyFailure::Stopped);
+        }
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| transient(&item.source_key, e))?;
+        check_source(bytes.len() as u64, crc32c::crc32c(&bytes), want)?;
         record_copy(&want.key);
         store
-            .put(&dst, PutPayload::from_bytes(buf.freeze()))
+            .put(&dst, PutPayload::from_bytes(bytes))
             .await
             .map_err(|e| transient(&want.key, e))?;
     } else {
+        let mut stream = got.into_stream();
         record_copy(&want.key);
         let upload = store
             .put_multipart(&dst)
