@@ -501,3 +501,129 @@ fn demo_snapshots_then_moves_on_and_the_snapshot_still_verifies() {
     let human = ok(d, &["demo"]);
     assert!(human.contains("verified snapshot 'nightly'"), "{human}");
 }
+
+#[test]
+fn bad_restore_input_is_one_line_with_a_code_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    setup(d);
+    ok(d, &["snapshot", "create", "c1", "s1"]);
+    let collections = ok(d, &["--json", "collection", "list"]);
+    let head = log_head(d);
+
+    // (arguments, expected code, words the message must contain)
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (
+            vec!["restore", "start", "c1", "nope", "t1"],
+            "not_found",
+            "snapshot 'nope' of collection 'c1' not found",
+        ),
+        (
+            vec!["restore", "start", "nope", "s1", "t1"],
+            "not_found",
+            "collection 'nope'",
+        ),
+        (
+            vec!["restore", "start", "c1", "s1", "c1"],
+            "already_exists",
+            "collection 'c1' already exists",
+        ),
+        (
+            vec!["restore", "start", "c1", "s1", "t1", "--partition", "zz"],
+            "not_found",
+            "partition 'zz' is not in snapshot 's1'",
+        ),
+        (
+            vec!["restore", "start", "c1", "s1", "t1", "--parallelism", "0"],
+            "invalid_argument",
+            "1..=256, got '0'",
+        ),
+        (
+            vec![
+                "restore",
+                "start",
+                "c1",
+                "s1",
+                "t1",
+                "--parallelism",
+                "1000",
+            ],
+            "invalid_argument",
+            "1..=256, got '1000'",
+        ),
+        (
+            vec!["restore", "start", "c1", "s1", "../t"],
+            "invalid_argument",
+            "target collection name '../t'",
+        ),
+        (
+            vec![
+                "restore",
+                "start",
+                "c1",
+                "s1",
+                "t1",
+                "--max-bytes-per-sec=-1",
+            ],
+            "invalid_argument",
+            "bandwidth limit must be a positive number",
+        ),
+        (
+            vec![
+                "restore",
+                "start",
+                "c1",
+                "s1",
+                "t1",
+                "--max-bytes-per-sec",
+                "0",
+            ],
+            "invalid_argument",
+            "got '0'",
+        ),
+        (
+            vec!["restore", "status", "424242"],
+            "not_found",
+            "restore job 424242 not found",
+        ),
+        (
+            vec!["restore", "status", "abc"],
+            "invalid_argument",
+            "job id 'abc' is not a number",
+        ),
+        (
+            vec!["restore", "cancel", "424242"],
+            "not_found",
+            "restore job 424242 not found",
+        ),
+        (
+            vec!["restore", "list", "--state", "weird"],
+            "invalid_argument",
+            "unknown restore state 'weird'",
+        ),
+    ];
+    for (args, code, words) in &cases {
+        let out = snapvault(d, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
+        assert!(
+            stderr.starts_with(&format!("error[{code}]: ")),
+            "{args:?}: {stderr:?}"
+        );
+        assert!(
+            stderr.contains(words),
+            "{args:?}: {stderr:?} should mention {words:?}"
+        );
+    }
+    assert_eq!(ok(d, &["--json", "collection", "list"]), collections);
+    let jobs = json(d, &["restore", "list"]);
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0), "{jobs}");
+    // Refusals are decided before anything is written (an id reserved for a refused start
+    // would move the head; none may).
+    assert_eq!(log_head(d), head, "bad restore input moved the log head");
+    let under_data = std::fs::read_dir(d.join("objects/data"))
+        .expect("data dir")
+        .count();
+    assert_eq!(under_data, 1, "only c1's prefix under data/");
+}
