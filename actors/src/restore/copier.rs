@@ -310,6 +310,10 @@ fn is_transient(e: &Error) -> bool {
 }
 
 /// Record `files` as copied, retrying transient log errors a bounded number of times.
+/// A progress record in flight (see [`run_task`]).
+type RecordFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
 async fn record(args: &CopyRunnerArgs, stream: &str, files: Vec<u32>) -> Result<(), String> {
     if files.is_empty() {
         return Ok(());
@@ -440,29 +444,50 @@ pub async fn run_task(args: &CopyRunnerArgs) -> TaskOutcome {
                 (item, r)
             })
             .buffer_unordered(args.parallelism.max(1));
-        while let Some((item, r)) = copies.next().await {
-            match r {
-                Ok(_) => batch.push(item.ordinal),
-                Err(CopyFailure::Permanent(reason)) => {
-                    stop.set_local();
-                    if failure.is_none() {
-                        failure = Some((item.source_key.clone(), reason));
+        // A progress record runs *beside* the copies, never in front of them: while it waits
+        // for the log, the copy stream keeps being polled, so no copy stalls on an append.
+        // One record at a time, so records land in order and at most the batch being
+        // recorded plus the one filling up are unrecorded at a crash.
+        let mut recording: Option<RecordFuture<'_>> = None;
+        let mut copies_done = false;
+        while !(copies_done && recording.is_none()) {
+            tokio::select! {
+                biased;
+                recorded = async {
+                    match recording.as_mut() {
+                        Some(in_flight) => in_flight.await,
+                        None => std::future::pending().await,
+                    }
+                }, if recording.is_some() => {
+                    recording = None;
+                    last_record = tokio::time::Instant::now();
+                    if let Err(e) = recorded {
+                        stop.set_local();
+                        retry.get_or_insert(e);
                     }
                 }
-                Err(CopyFailure::Transient(e)) => {
-                    stop.set_local();
-                    retry.get_or_insert(format!("'{}': {e}", item.source_key));
-                }
-                Err(CopyFailure::Stopped) => stopped = true,
+                next = copies.next(), if !copies_done => match next {
+                    None => copies_done = true,
+                    Some((item, r)) => match r {
+                        Ok(_) => batch.push(item.ordinal),
+                        Err(CopyFailure::Permanent(reason)) => {
+                            stop.set_local();
+                            if failure.is_none() {
+                                failure = Some((item.source_key.clone(), reason));
+                            }
+                        }
+                        Err(CopyFailure::Transient(e)) => {
+                            stop.set_local();
+                            retry.get_or_insert(format!("'{}': {e}", item.source_key));
+                        }
+                        Err(CopyFailure::Stopped) => stopped = true,
+                    },
+                },
             }
             let due = batch.len() >= cfg.progress_batch_files.max(1)
                 || last_record.elapsed() >= Duration::from_millis(cfg.progress_batch_ms);
-            if due && !batch.is_empty() {
-                if let Err(e) = record(args, &stream, std::mem::take(&mut batch)).await {
-                    stop.set_local();
-                    retry.get_or_insert(e);
-                }
-                last_record = tokio::time::Instant::now();
+            if recording.is_none() && due && !batch.is_empty() {
+                recording = Some(Box::pin(record(args, &stream, std::mem::take(&mut batch))));
             }
         }
     }
