@@ -6,6 +6,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use snapvault::NodeParts;
 use snapvault::client::CreateCollectionRequest;
 use snapvault::host;
+use snapvault::restores::StartRestoreRequest;
 use snapvault::snapshots::CreateSnapshotRequest;
 use snapvault::{Client, Node, NodeConfig};
 use snapvault_actors::gc::GcRunOptions;
@@ -15,6 +16,7 @@ use snapvault_events::domain::collection::{
     BuildIndex, CollectionEvent, CompactSegments, FlushSegment,
 };
 use snapvault_events::domain::gc::GcCategory;
+use snapvault_events::domain::restore::{RestoreOptions, RestoreStatus};
 use snapvault_events::domain::{FileRef, collection_stream};
 use snapvault_events::{Appended, Envelope, EventLog, LogError, NewEvent, SledLog, SystemClock};
 use std::collections::BTreeSet;
@@ -225,6 +227,42 @@ async fn snapshot_protects_compacted_rebuilt_and_dropped_files_until_it_is_dropp
     let v = c.verify_snapshot("c1", "s").await.unwrap();
     assert!(v.ok, "{v:?}");
 
+    // …and it restores, byte for byte, from exactly the files GC kept for it.
+    let job = c
+        .start_restore(StartRestoreRequest {
+            snapshot_collection: "c1".into(),
+            snapshot: "s".into(),
+            target: "c1_restored".into(),
+            options: RestoreOptions::default(),
+        })
+        .await
+        .unwrap();
+    let end = c
+        .wait_restore(
+            job.job_id,
+            Duration::from_millis(10),
+            Some(Duration::from_secs(60)),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(end.status, RestoreStatus::Completed, "{end:?}");
+    let mut restored_from = BTreeSet::new();
+    let mut restored_keys = Vec::new();
+    for seg in c.restore_segments(job.job_id).await.unwrap() {
+        for (source_key, dest) in &seg.files {
+            let restored = host::read_file(&**c.store(), &dest.key).await.unwrap();
+            let original = host::read_file(&**c.store(), source_key).await.unwrap();
+            assert_eq!(restored, original, "{} differs from {source_key}", dest.key);
+            restored_from.insert(source_key.clone());
+            restored_keys.push(dest.key.clone());
+        }
+    }
+    assert_eq!(
+        restored_from, pinned,
+        "the restore copied exactly the snapshot's files"
+    );
+
     // Drop the snapshot: now its files, and its manifests, go.
     c.drop_snapshot("c1", "s").await.unwrap();
     let r = c.gc_run(now_options()).await.unwrap();
@@ -239,6 +277,12 @@ async fn snapshot_protects_compacted_rebuilt_and_dropped_files_until_it_is_dropp
     }
     let dry = c.gc_run(dry_now()).await.unwrap();
     assert_eq!(dry.total().objects, 0, "nothing left to reclaim: {dry:?}");
+    for k in &restored_keys {
+        assert!(
+            exists(dir.path(), k),
+            "GC deleted {k} of the restored collection"
+        );
+    }
     node.shutdown().await;
 }
 
