@@ -10,7 +10,8 @@
 //!   Completed in the task's own stream**, and completes only once its target is Ready;
 //! - **a snapshot with a live lease is never Deleting** (`DeleteRequested` while a lease is
 //!   held);
-//! - a terminal job holds no lease (commit and rollback release it before they end the job).
+//! - a terminal job holds no lease (commit and rollback release it before they end the job);
+//! - a job whose target recorded `RestoreCompleted` never rolls back.
 //!
 //! After every step:
 //! - the files a non-terminal job leases (the cut of its snapshot) and the files its copy
@@ -331,6 +332,12 @@ pub fn check_state(truth: &Truth) -> Result<(), String> {
         }
     }
     for (job, j) in &truth.restores.jobs {
+        if j.rolled_back() && truth.restores.completed_targets.contains_key(job) {
+            return Err(format!(
+                "restore job {job} completed its target (RestoreCompleted) but then rolled back: {:?}",
+                j.state.failure
+            ));
+        }
         if matches!(
             j.status(),
             Some(RestoreStatus::Failed | RestoreStatus::Cancelled)
