@@ -40,12 +40,17 @@ use snapvault::Client;
 use snapvault_actors::Aggregate;
 use snapvault_actors::catalog::{Catalog, CatalogState};
 use snapvault_actors::collection::{Collection, CollectionState};
+use snapvault_actors::restore::{CopyTask, CopyTaskState, RestoreJob, RestoreJobState};
 use snapvault_actors::snapshot::worker::{SnapshotConfig, SnapshotWorker};
 use snapvault_actors::snapshot::{Snapshot, SnapshotState};
 use snapvault_events::codec::decode;
 use snapvault_events::domain::catalog::{CATALOG_STREAM, CatalogEvent};
 use snapvault_events::domain::collection::{CollectionEvent, SegmentRecord};
 use snapvault_events::domain::gc::{GC_STREAM, GcEvent};
+use snapvault_events::domain::restore::{
+    CopyTaskEvent, RestoreEvent, RestoreStatus, copy_task_stream, parse_copy_task_stream,
+    restore_stream,
+};
 use snapvault_events::domain::snapshot::{SnapshotEvent, SnapshotStatus};
 use snapvault_events::domain::{CollectionId, SegmentId, SnapshotId};
 use snapvault_events::ids::IDS_STREAM;
@@ -56,6 +61,7 @@ use std::sync::Arc;
 const PAGE: usize = 1024;
 const COLLECTION_PREFIX: &str = "collection-";
 const SNAPSHOT_PREFIX: &str = "snapshot-";
+const RESTORE_PREFIX: &str = "restore-";
 /// The prefixes GC scans for orphans (its default configuration): after the liveness phase
 /// nothing unprotected may remain under them.
 pub const ORPHAN_PREFIXES: [&str; 2] = ["data/", "snapshots/"];
@@ -111,6 +117,8 @@ pub struct Truth {
     pub reclaiming: BTreeMap<String, u64>,
     /// External collections: tasks, commits, source prefixes (`external_check.rs`).
     pub external: crate::external_check::ExternalTruth,
+    /// Restore jobs and copy tasks (`restore_check.rs`).
+    pub restores: crate::restore_check::RestoreTruth,
 }
 
 impl Truth {
@@ -155,7 +163,8 @@ impl Truth {
             }
         };
         for (id, r) in &self.collections {
-            if r.state.is_live() {
+            // A restore target whose job rolls back is being emptied.
+            if r.state.is_live() && !self.restores.target_rolling_back(*id) {
                 let why = format!("live collection '{}' ({id})", r.state.name);
                 protect(&mut r.state.segments.values(), &why);
             }
@@ -169,6 +178,14 @@ impl Truth {
                 protect(&mut cut.segments.values(), &why);
             }
         }
+        self.restores
+            .protect(&self.cuts, &mut |key, size, crc32c, why| {
+                out.entry(key.to_string()).or_insert_with(|| Protected {
+                    size: Some(size),
+                    crc32c,
+                    why,
+                });
+            });
         for (sid, s) in &self.snapshots {
             if s.state.status == Some(SnapshotStatus::Committed) && !s.state.imported {
                 out.insert(
@@ -353,9 +370,31 @@ impl Checker {
                     &self.segment_ids,
                 )?;
             }
+            if matches!(e, CollectionEvent::Dropped)
+                && self.truth.collections.get(&id).is_some_and(|r| {
+                    r.state.status
+                        == Some(snapvault_events::domain::collection::CollectionStatus::Restoring)
+                })
+                && let Some(job) = self.truth.restores.targets.get(&id)
+                && self
+                    .truth
+                    .restores
+                    .jobs
+                    .get(job)
+                    .is_some_and(|j| j.active())
+            {
+                return Err(format!(
+                    "{at}: collection {id} is dropped while restore job {job} restores it ({:?})",
+                    self.truth.restores.jobs.get(job).and_then(|j| j.status())
+                ));
+            }
             let r = self.truth.collections.entry(id).or_default();
             Collection::evolve(&mut r.state, &e);
             r.version = env.version;
+            if let CollectionEvent::RestoreCompleted { job_id, .. } = &e {
+                let state = r.state.clone();
+                self.truth.restores.completed_targets.insert(*job_id, state);
+            }
             if let CollectionEvent::SnapshotPinned { snapshot_id, .. } = &e {
                 let cut = Cut {
                     collection: id,
@@ -373,6 +412,12 @@ impl Checker {
             let e: SnapshotEvent = decode(env).map_err(|e| format!("{at}: {e}"))?;
             self.show(env, &e);
             let r = self.truth.snapshots.entry(id).or_default();
+            if matches!(e, SnapshotEvent::DeleteRequested { .. }) && !r.state.leases.is_empty() {
+                return Err(format!(
+                    "{at}: snapshot {id} is being deleted while restore job(s) {:?} hold a lease on it",
+                    r.state.leases
+                ));
+            }
             Snapshot::evolve(&mut r.state, &e);
             r.version = env.version;
             if matches!(e, SnapshotEvent::DeleteRequested { .. }) && r.delete_requested_at.is_none()
@@ -408,8 +453,23 @@ impl Checker {
                 decode(env).map_err(|e| format!("{at}: {e}"))?;
             self.show(env, &e);
             self.truth.external.on_task_event(&at, id, &e)?;
+        } else if let Some(id) = env.stream.strip_prefix(RESTORE_PREFIX) {
+            let job: u64 = id
+                .parse()
+                .map_err(|_| format!("{at}: malformed restore job stream name"))?;
+            let e: RestoreEvent = decode(env).map_err(|e| format!("{at}: {e}"))?;
+            self.show(env, &e);
+            let ids_end = self.ids_end;
+            self.truth
+                .restores
+                .on_job_event(&at, job, &e, env.position, ids_end)?;
+        } else if env.stream.starts_with("copytask-") {
+            let (job, task) = parse_copy_task_stream(&env.stream)
+                .ok_or_else(|| format!("{at}: malformed copy task stream name"))?;
+            let e: CopyTaskEvent = decode(env).map_err(|e| format!("{at}: {e}"))?;
+            self.show(env, &e);
+            self.truth.restores.on_task_event(&at, job, task, &e)?;
         } else {
-            // Restore-job streams get their arm here when they exist.
             return Err(format!("{at}: unknown stream kind"));
         }
         Ok(())
@@ -464,7 +524,32 @@ impl Checker {
             }
             CollectionEvent::SegmentFlushed { segment } => {
                 self.check_id(at, "segment id", segment.segment_id)?;
-                if !self.segment_ids.insert(segment.segment_id) {
+                if self.segment_ids.contains(&segment.segment_id) {
+                    return Err(format!(
+                        "{at}: segment id {} used twice",
+                        segment.segment_id
+                    ));
+                }
+                // Staged by a restore: from the job's id block, not the workload's.
+                let restoring = self.truth.collections.get(&stream_id).is_some_and(|r| {
+                    r.state.status
+                        == Some(snapvault_events::domain::collection::CollectionStatus::Restoring)
+                });
+                if restoring
+                    && self
+                        .truth
+                        .restores
+                        .on_staged(at, stream_id, segment.segment_id)?
+                {
+                    return Ok(());
+                }
+                if self
+                    .truth
+                    .restores
+                    .restored_segment_ids
+                    .contains(&segment.segment_id)
+                    || !self.segment_ids.insert(segment.segment_id)
+                {
                     return Err(format!(
                         "{at}: segment id {} used twice",
                         segment.segment_id
@@ -473,7 +558,13 @@ impl Checker {
             }
             CollectionEvent::SegmentsCompacted { into, .. } => {
                 self.check_id(at, "segment id", into.segment_id)?;
-                if !self.segment_ids.insert(into.segment_id) {
+                if self
+                    .truth
+                    .restores
+                    .restored_segment_ids
+                    .contains(&into.segment_id)
+                    || !self.segment_ids.insert(into.segment_id)
+                {
                     return Err(format!("{at}: segment id {} used twice", into.segment_id));
                 }
             }
@@ -691,6 +782,73 @@ impl Checker {
             )
             .await?;
         }
+
+        // Restore jobs (unfinished ones, or all) and their copy tasks. After settling they
+        // are read caught up: nothing probes them otherwise.
+        let jobs: Vec<u64> = self
+            .truth
+            .restores
+            .jobs
+            .iter()
+            .filter(|(_, j)| all || !j.status().is_some_and(RestoreStatus::is_terminal))
+            .map(|(id, _)| *id)
+            .collect();
+        for job in jobs {
+            let stream = restore_stream(job);
+            let f = |v: u64, s: &RestoreJobState| (v, s.clone());
+            let actor = if strict {
+                client
+                    .registry()
+                    .inspect_latest::<RestoreJob, _>(&stream, f)
+                    .await
+            } else {
+                client.registry().inspect::<RestoreJob, _>(&stream, f).await
+            }
+            .map_err(|e| format!("cannot read restore job {job} through its actor: {e}"))?;
+            let known = self
+                .truth
+                .restores
+                .jobs
+                .get(&job)
+                .cloned()
+                .unwrap_or_default();
+            self.compare_actor::<RestoreJob>(
+                log,
+                &stream,
+                actor,
+                Some((known.version, &known.state)),
+                strict,
+            )
+            .await?;
+            for t in &known.state.tasks {
+                let stream = copy_task_stream(job, t.task);
+                let f = |v: u64, s: &CopyTaskState| (v, s.clone());
+                let actor = if strict {
+                    client
+                        .registry()
+                        .inspect_latest::<CopyTask, _>(&stream, f)
+                        .await
+                } else {
+                    client.registry().inspect::<CopyTask, _>(&stream, f).await
+                }
+                .map_err(|e| format!("cannot read {stream} through its actor: {e}"))?;
+                let known = self
+                    .truth
+                    .restores
+                    .tasks
+                    .get(&(job, t.task))
+                    .cloned()
+                    .unwrap_or_default();
+                self.compare_actor::<CopyTask>(
+                    log,
+                    &stream,
+                    actor,
+                    Some((known.version, &known.state)),
+                    strict,
+                )
+                .await?;
+            }
+        }
         Ok(())
     }
 
@@ -703,12 +861,13 @@ impl Checker {
                 .reclaiming
                 .get(&d.key)
                 .is_some_and(|p| *p <= d.log_head);
+            let by_rollback = self.truth.restores.deleted_by_rollback(&d.key, d.log_head);
             let by_drop = self.truth.snapshots.values().any(|s| {
                 s.delete_requested_at.is_some_and(|p| p <= d.log_head)
                     && d.key
                         .starts_with(&format!("{}/", s.state.prefix.trim_end_matches('/')))
             });
-            if !(by_gc || by_drop) {
+            if !(by_gc || by_drop || by_rollback) {
                 return Err(format!(
                     "object '{}' was deleted (log head {}) without being announced in the log first",
                     d.key, d.log_head
@@ -777,6 +936,53 @@ impl Checker {
             self.verified_snapshots.insert(*id);
         }
         Ok(())
+    }
+
+    /// After liveness: every job ended, no lease is left, and every rolled back job left
+    /// nothing (listed again: nothing may have landed since it was first checked).
+    pub async fn check_restores_settled(&self, store: &InMemory) -> Result<(), String> {
+        for (job, j) in &self.truth.restores.jobs {
+            if !j.status().is_some_and(RestoreStatus::is_terminal) {
+                return Err(format!(
+                    "liveness: restore job {job} is still {:?} after healing",
+                    j.status()
+                ));
+            }
+            if j.rolled_back()
+                && let Some(t) = j.target()
+            {
+                crate::restore_check::check_clean(store, *job, t).await?;
+            }
+        }
+        for (sid, s) in &self.truth.snapshots {
+            if !s.state.leases.is_empty() {
+                return Err(format!(
+                    "liveness: snapshot {sid} is still leased by {:?} after every restore ended",
+                    s.state.leases
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Jobs by final status, for the summary line.
+    pub fn restore_counts(&self) -> (u64, u64, u64) {
+        let mut c = (0, 0, 0);
+        for j in self.truth.restores.jobs.values() {
+            match j.status() {
+                Some(RestoreStatus::Completed) => c.0 += 1,
+                Some(RestoreStatus::Failed) => c.1 += 1,
+                Some(RestoreStatus::Cancelled) => c.2 += 1,
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// The restore invariants after a step (`restore_check.rs`).
+    pub async fn check_restores(&mut self, store: &InMemory) -> Result<(), String> {
+        crate::restore_check::check_state(&self.truth)?;
+        crate::restore_check::check_jobs(&mut self.truth, store).await
     }
 
     /// After a full GC with no window: nothing unprotected is left under GC's prefixes.

@@ -16,6 +16,8 @@
 //! - [`workload`]: the host's operations, planned from the seed and run concurrently;
 //! - [`model`]: what the workload believes exists, and the durability checks it allows;
 //! - [`invariants`]: the checker and the truth it replays from the log;
+//! - [`restore_ops`]: restores in the workload: starts (twins too), cancels, waits, bad input;
+//! - [`restore_check`]: the restore invariants;
 //! - [`trace`]: the trace hash;
 //! - [`runner`]: one seed — setup, steps with crashes, liveness, final check.
 
@@ -25,6 +27,8 @@ pub mod faults;
 pub mod invariants;
 pub mod model;
 pub mod prng;
+pub mod restore_check;
+pub mod restore_ops;
 pub mod runner;
 pub mod sim_clock;
 pub mod sim_log;

@@ -13,8 +13,10 @@
 //! adopted from the truth after each step, so the workload always picks targets that exist.
 
 use crate::invariants::Truth;
+use snapvault_events::domain::collection::CollectionStatus;
+use snapvault_events::domain::restore::RestoreStatus;
 use snapvault_events::domain::snapshot::SnapshotStatus;
-use snapvault_events::domain::{CollectionId, FileRef, PartitionId, SegmentId, SnapshotId};
+use snapvault_events::domain::{CollectionId, FileRef, JobId, PartitionId, SegmentId, SnapshotId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -94,6 +96,40 @@ pub enum Effect {
     SnapshotDropped {
         id: SnapshotId,
     },
+    /// A restore start returned this job: it must be in the log.
+    RestoreStarted {
+        job: JobId,
+    },
+    /// A cancel was acknowledged: the job must roll back as cancelled.
+    RestoreCancelled {
+        job: JobId,
+    },
+}
+
+/// A snapshot as the restore planner sees it (from the truth, after every step).
+#[derive(Debug, Clone)]
+pub struct SnapInfo {
+    pub id: SnapshotId,
+    pub collection: String,
+    pub name: String,
+    /// `SnapshotStatus::as_str`.
+    pub status: &'static str,
+    /// Partitions that had segments in its cut (all exist in it), and `_default`.
+    pub partitions: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobInfo {
+    pub id: JobId,
+    pub status: RestoreStatus,
+    pub target: String,
+}
+
+/// What restores can act on: snapshots and jobs, adopted from the truth.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreWorld {
+    pub snapshots: Vec<SnapInfo>,
+    pub jobs: Vec<JobInfo>,
 }
 
 /// What an operation may remove. Registered before it runs, so a crash mid-flight still
@@ -134,6 +170,9 @@ pub struct Model {
     /// External collections (seen in the log): their segments come and go with refreshes,
     /// so the model asserts nothing about them.
     pub external: BTreeSet<CollectionId>,
+    pub restore_world: RestoreWorld,
+    expect_jobs: BTreeSet<JobId>,
+    expect_cancelled: BTreeSet<JobId>,
 }
 
 impl Model {
@@ -286,6 +325,12 @@ impl Model {
                     }
                     self.expect_partition_dropped
                         .insert((*collection, *partition_id));
+                }
+                Effect::RestoreStarted { job } => {
+                    self.expect_jobs.insert(*job);
+                }
+                Effect::RestoreCancelled { job } => {
+                    self.expect_cancelled.insert(*job);
                 }
                 Effect::SnapshotDropped { id } => {
                     if let Some(s) = self.snapshots.remove(id) {
@@ -444,11 +489,81 @@ impl Model {
             });
         }
 
+        for job in std::mem::take(&mut self.expect_jobs) {
+            if truth
+                .restores
+                .jobs
+                .get(&job)
+                .is_none_or(|j| j.state.request.is_none())
+            {
+                return Err(format!(
+                    "restore job {job} was returned by a start but is not in the log"
+                ));
+            }
+        }
+        for job in std::mem::take(&mut self.expect_cancelled) {
+            let cancelled = truth
+                .restores
+                .jobs
+                .get(&job)
+                .is_some_and(|j| j.state.cancelled);
+            if !cancelled {
+                return Err(format!(
+                    "the cancel of restore job {job} was acknowledged but the log does not record it: {:?}",
+                    truth.restores.jobs.get(&job).and_then(|j| j.state.status)
+                ));
+            }
+        }
+        self.restore_world = RestoreWorld {
+            snapshots: truth
+                .snapshots
+                .iter()
+                .filter_map(|(id, r)| {
+                    let identity = r.state.identity.as_ref()?;
+                    let mut partitions = vec!["_default".to_string()];
+                    if let Some(cut) = truth.cuts.get(id)
+                        && let Some(c) = truth.collections.get(&cut.collection)
+                    {
+                        for seg in cut.segments.values() {
+                            if let Some(p) = c.state.partitions.get(&seg.partition_id)
+                                && !partitions.contains(&p.name)
+                            {
+                                partitions.push(p.name.clone());
+                            }
+                        }
+                    }
+                    Some(SnapInfo {
+                        id: *id,
+                        collection: identity.collection_name.clone(),
+                        name: identity.name.clone(),
+                        status: r.state.status?.as_str(),
+                        partitions,
+                    })
+                })
+                .collect(),
+            jobs: truth
+                .restores
+                .jobs
+                .iter()
+                .filter_map(|(id, j)| {
+                    Some(JobInfo {
+                        id: *id,
+                        status: j.state.status?,
+                        target: j.state.request.as_ref()?.target_name.clone(),
+                    })
+                })
+                .collect(),
+        };
+
         // Adopt what the truth knows and the model does not (outcomes lost to faults).
         for (name, id) in &truth.catalog.names {
             let Some(state) = truth.live_collection(*id) else {
                 continue;
             };
+            // A restore target belongs to its job until the restore completes.
+            if state.status == Some(CollectionStatus::Restoring) {
+                continue;
+            }
             if state.external.is_some() {
                 self.external.insert(*id);
             }

@@ -35,6 +35,7 @@ use snapvault_actors::RegistryConfig;
 use snapvault_actors::catalog::{Catalog, CatalogCommand};
 use snapvault_actors::collection::Collection;
 use snapvault_actors::gc::{GcConfig, GcRunOptions};
+use snapvault_actors::restore::RestoreConfig;
 use snapvault_actors::snapshot::Snapshot;
 use snapvault_actors::snapshot::worker::SnapshotConfig;
 use snapvault_events::domain::catalog::CATALOG_STREAM;
@@ -70,6 +71,7 @@ pub struct Swarm {
     pub id_block_size: u64,
     pub snapshot: SnapshotConfig,
     pub gc: GcConfig,
+    pub restore: RestoreConfig,
 }
 
 impl Swarm {
@@ -99,6 +101,14 @@ impl Swarm {
             max_objects_per_cycle: *rng.pick(&[3, 50, 100_000]).unwrap_or(&100_000),
             ..GcConfig::default()
         };
+        let restore = RestoreConfig {
+            retry_initial_ms: *rng.pick(&[10, 100]).unwrap_or(&100),
+            retry_max_ms: *rng.pick(&[1_000, 10_000]).unwrap_or(&10_000),
+            progress_batch_files: *rng.pick(&[1, 4, 32]).unwrap_or(&32),
+            progress_batch_ms: *rng.pick(&[100, 1_000]).unwrap_or(&1_000),
+            status_poll_ms: *rng.pick(&[200, 1_000]).unwrap_or(&1_000),
+            ..RestoreConfig::default()
+        };
         Swarm {
             faults,
             mix,
@@ -106,6 +116,7 @@ impl Swarm {
             id_block_size,
             snapshot,
             gc,
+            restore,
         }
     }
 }
@@ -122,6 +133,8 @@ pub struct RunReport {
     pub graceful_restarts: u64,
     pub virtual_ms: u64,
     pub lagging_reads: u64,
+    /// Restore jobs that ended completed, failed, cancelled.
+    pub restores: (u64, u64, u64),
     /// Operation outcomes, by `kind:outcome`.
     pub outcomes: BTreeMap<String, u64>,
     pub injected: BTreeMap<Site, u64>,
@@ -139,7 +152,7 @@ impl RunReport {
         let all: u64 = self.outcomes.values().sum();
         let faults: u64 = self.injected.values().sum();
         format!(
-            "seed={} steps={} result=ok trace_hash={:#018x} events={} objects={} ops={} ops_ok={} faults={} crashes={} graceful={} lagging_reads={} virtual_s={}",
+            "seed={} steps={} result=ok trace_hash={:#018x} events={} objects={} ops={} ops_ok={} faults={} crashes={} graceful={} lagging_reads={} restores={}/{}/{} virtual_s={}",
             self.seed,
             self.steps,
             self.trace_hash,
@@ -151,6 +164,9 @@ impl RunReport {
             self.crashes,
             self.graceful_restarts,
             self.lagging_reads,
+            self.restores.0,
+            self.restores.1,
+            self.restores.2,
             self.virtual_ms / 1_000
         )
     }
@@ -323,18 +339,30 @@ impl Sim {
             store: self.store.clone(),
             clock: self.clock.clone(),
         };
-        let node = Node::start_with(
-            parts,
-            self.swarm.registry,
-            self.swarm.id_block_size,
-            snapvault::node::NodeLimits {
-                snapshot: self.swarm.snapshot,
-                gc: self.swarm.gc.clone(),
-                restore: snapvault_actors::restore::RestoreConfig::default(),
-            },
-        )
-        .await
-        .map_err(|e| format!("the node failed to start: {e}"))?;
+        // A start that fails on a transient log error is what a supervisor restarts.
+        let mut attempts = 0;
+        let node = loop {
+            match Node::start_with(
+                parts.clone(),
+                self.swarm.registry,
+                self.swarm.id_block_size,
+                snapvault::node::NodeLimits {
+                    snapshot: self.swarm.snapshot,
+                    gc: self.swarm.gc.clone(),
+                    restore: self.swarm.restore,
+                },
+            )
+            .await
+            {
+                Ok(node) => break node,
+                Err(e) if e.code == ErrorCode::Unavailable && attempts < 100 => {
+                    attempts += 1;
+                    self.note(format!("start failed ({e}); starting again"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(format!("the node failed to start: {e}")),
+            }
+        };
         let client = node.client();
         if self.needs_recovery_check {
             self.note(format!("restarted (incarnation {})", self.crashes));
@@ -444,7 +472,13 @@ impl Sim {
                 }
                 Ok(Ok(o)) => o,
             };
-            judge(op, &outcome, &moving)?;
+            if let Err(why) = judge(op, &outcome, &moving) {
+                // The log may say more precisely what broke (and `--verbose` shows it).
+                self.checker
+                    .ingest(self.log.inner(), &mut self.trace)
+                    .await?;
+                return Err(why);
+            }
             let word = outcome_word(&outcome);
             let kind = op.label();
             let kind = kind.split(' ').next().unwrap_or("?");
@@ -505,6 +539,7 @@ impl Sim {
             }
         }
         self.checker.check_deletions(&deletions)?;
+        self.checker.check_restores(self.store.inner()).await?;
         self.checker
             .check_new_commits(
                 client,
@@ -535,6 +570,7 @@ impl Sim {
             .map_err(|_| "liveness: resuming unfinished work hung".to_string())?
             .map_err(|e| format!("liveness: resuming unfinished work failed: {e}"))?;
         self.settle_external(client).await?;
+        self.settle_restores(client).await?;
         self.checker
             .ingest(self.log.inner(), &mut self.trace)
             .await?;
@@ -649,8 +685,34 @@ impl Sim {
             id,
             name: "settled".to_string(),
         };
-        self.run_must_succeed(client, vec![flush, snapshot, drop])
+        let restore = Op::Restore(crate::restore_ops::RestoreOp::Start {
+            start: crate::restore_ops::Start {
+                collection: "settled".to_string(),
+                snapshot: "settled".to_string(),
+                target: "settledr".to_string(),
+                options: Default::default(),
+            },
+            then: crate::restore_ops::Follow::Wait,
+        });
+        self.run_must_succeed(client, vec![flush, snapshot, restore, drop])
             .await?;
+        self.checker
+            .ingest(self.log.inner(), &mut self.trace)
+            .await?;
+        let settled_restore = self.checker.truth().restores.jobs.values().find(|j| {
+            j.state
+                .request
+                .as_ref()
+                .is_some_and(|r| r.target_name == "settledr")
+        });
+        if settled_restore.and_then(|j| j.status())
+            != Some(snapvault_events::domain::restore::RestoreStatus::Completed)
+        {
+            return Err(format!(
+                "liveness: a restore with faults healed did not complete: {:?}",
+                settled_restore.map(|j| (&j.state.status, &j.state.failure))
+            ));
+        }
 
         // 3. GC converges: with nothing in flight, windows of zero are safe; cycle until a
         //    cycle reclaims nothing, then nothing unneeded may remain.
@@ -710,6 +772,9 @@ impl Sim {
             )
             .await?;
         self.checker.check_converged(self.store.inner()).await?;
+        self.checker
+            .check_restores_settled(self.store.inner())
+            .await?;
         // External collections: one more refresh each, with nothing else running, must make
         // every one mirror its source exactly.
         // Only collections a name points at (a create that lost the race for its name leaves
@@ -764,6 +829,42 @@ impl Sim {
             .map(|(id, r)| (*id, &r.state))
             .collect();
         crate::external_check::check_mirror(&live, self.store.inner()).await
+    }
+
+    /// What a restart does for restores (resume every unfinished job, drop targets and
+    /// release leases a crashed start left), then wait for every job to end.
+    async fn settle_restores(&mut self, client: &Client) -> Result<(), String> {
+        let head = self.log.inner().head().await.map_err(|e| e.to_string())?;
+        let report = tokio::time::timeout(OP_TIMEOUT, client.resume_restores(head))
+            .await
+            .map_err(|_| "liveness: resuming restores hung".to_string())?
+            .map_err(|e| format!("liveness: resuming restores failed: {e}"))?;
+        self.note(format!("liveness: restores resumed {report:?}"));
+        self.checker
+            .ingest(self.log.inner(), &mut self.trace)
+            .await?;
+        let jobs: Vec<u64> = self
+            .checker
+            .truth()
+            .restores
+            .jobs
+            .iter()
+            .filter(|(_, j)| !j.status().is_some_and(|s| s.is_terminal()))
+            .map(|(id, _)| *id)
+            .collect();
+        for job in jobs {
+            let v = client
+                .wait_restore(job, Duration::from_secs(1), Some(OP_TIMEOUT), |_| {})
+                .await
+                .map_err(|e| format!("liveness: restore job {job} does not end: {e}"))?;
+            self.note(format!("liveness: restore {job} -> {}", v.status.as_str()));
+        }
+        self.checker
+            .ingest(self.log.inner(), &mut self.trace)
+            .await?;
+        self.checker
+            .check_restores_settled(self.store.inner())
+            .await
     }
 
     /// Resume and finish every external task, then require that none is left running.
@@ -895,6 +996,7 @@ pub fn run_seed(cfg: &RunConfig) -> Result<RunReport, Failure> {
         graceful_restarts: sim.graceful,
         virtual_ms: sim.clock.elapsed_ms(),
         lagging_reads: sim.checker.lagging_reads,
+        restores: sim.checker.restore_counts(),
         outcomes: sim.outcomes.clone(),
         injected: sim.faults.injected(),
     })

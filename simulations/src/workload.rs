@@ -14,8 +14,8 @@
 //!
 //! Snapshots are created (including two concurrent creates of one name) and dropped, and GC
 //! cycles run on demand with short windows (besides the node's own periodic cycles).
-//! Restores (with cancels) plug in here as more [`OpKind`]s, with their threats and effects in
-//! [`crate::model`].
+//! Restores (starts, twins, cancels, waits, bad input) are [`OpKind`]s too, planned and run
+//! in [`crate::restore_ops`], with their threats and effects in [`crate::model`].
 
 use crate::model::{Effect, Fate, IdLedger, MSegment, MSnapshot, Model, Threat};
 use crate::prng::Prng;
@@ -57,9 +57,15 @@ pub enum OpKind {
     ExternalRefresh,
     ExternalAlter,
     ExternalCancel,
+    // restores (`restore_ops.rs`)
+    RestoreStart,
+    RestoreTwin,
+    RestoreCancel,
+    RestoreWait,
+    RestoreBad,
 }
 
-pub const ALL_KINDS: [OpKind; 22] = [
+pub const ALL_KINDS: [OpKind; 27] = [
     OpKind::Create,
     OpKind::CreateTwin,
     OpKind::Drop,
@@ -82,6 +88,11 @@ pub const ALL_KINDS: [OpKind; 22] = [
     OpKind::ExternalRefresh,
     OpKind::ExternalAlter,
     OpKind::ExternalCancel,
+    OpKind::RestoreStart,
+    OpKind::RestoreTwin,
+    OpKind::RestoreCancel,
+    OpKind::RestoreWait,
+    OpKind::RestoreBad,
 ];
 
 impl OpKind {
@@ -110,6 +121,11 @@ impl OpKind {
             OpKind::ExternalRefresh => 3,
             OpKind::ExternalAlter => 1,
             OpKind::ExternalCancel => 1,
+            OpKind::RestoreStart => 2,
+            OpKind::RestoreTwin => 1,
+            OpKind::RestoreCancel => 1,
+            OpKind::RestoreWait => 1,
+            OpKind::RestoreBad => 1,
         }
     }
 
@@ -122,7 +138,7 @@ impl OpKind {
 /// The shape of a seed's workload, drawn from the seed (swarm).
 #[derive(Debug, Clone)]
 pub struct WorkloadMix {
-    pub weights: [u32; 22],
+    pub weights: [u32; 27],
     /// Most operations run concurrently in one step.
     pub max_concurrency: u64,
     /// Collection names are drawn from `c0..c{names}`: few names, so they collide.
@@ -137,7 +153,7 @@ pub struct WorkloadMix {
 
 impl WorkloadMix {
     pub fn draw(rng: &mut Prng) -> WorkloadMix {
-        let mut weights = [0u32; 22];
+        let mut weights = [0u32; 27];
         for (w, kind) in weights.iter_mut().zip(ALL_KINDS) {
             let off = !kind.essential() && rng.below(4) == 0;
             *w = if off {
@@ -246,6 +262,8 @@ pub enum Op {
     /// A GC cycle on demand; `None` keeps the node's configured window.
     /// External collections and their lakes (`external_ops.rs`).
     External(crate::external_ops::ExternalOp),
+    /// Restores (`restore_ops.rs`).
+    Restore(crate::restore_ops::RestoreOp),
     Gc {
         dry_run: bool,
         dropped_retention_ms: Option<u64>,
@@ -258,6 +276,7 @@ impl Op {
     pub fn label(&self) -> String {
         match self {
             Op::External(e) => e.label(),
+            Op::Restore(r) => r.label(),
             Op::Create {
                 name, shard_count, ..
             } => format!("create {name} shards={shard_count}"),
@@ -312,6 +331,7 @@ impl Op {
     pub fn collection_name(&self) -> Option<&str> {
         match self {
             Op::External(e) => e.collection_name(),
+            Op::Restore(r) => r.collection_name(),
             Op::Create { name, .. }
             | Op::Drop { name, .. }
             | Op::CreatePartition { name, .. }
@@ -333,6 +353,7 @@ impl Op {
     /// What this operation may remove, registered in the model before it runs.
     pub fn threat(&self) -> Option<Threat> {
         match self {
+            Op::Restore(r) => r.threat(),
             Op::Drop { id, name } => Some(Threat::Collection {
                 id: *id,
                 name: name.clone(),
@@ -380,6 +401,29 @@ pub fn plan_step(rng: &mut Prng, model: &Model, mix: &WorkloadMix) -> Vec<Op> {
             None => ops.push(plan_create(rng, mix)),
         }
     }
+    // A restore into a name this step drops is no longer bad input (the name may be free),
+    // nor one from a snapshot name this step creates again (it may be committed by then).
+    let moving = moving_names(&ops);
+    let creating: BTreeSet<(String, String)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::CreateSnapshot { name, snapshot } => Some((name.clone(), snapshot.clone())),
+            _ => None,
+        })
+        .collect();
+    for op in &mut ops {
+        use crate::restore_ops::{Bad, RestoreOp};
+        if let Op::Restore(RestoreOp::Bad { start, bad }) = op
+            && ((*bad == Bad::ExistingTarget && moving.contains(&start.target))
+                || (*bad == Bad::NotCommitted
+                    && creating.contains(&(start.collection.clone(), start.snapshot.clone()))))
+        {
+            *op = Op::Restore(crate::restore_ops::RestoreOp::Start {
+                start: start.clone(),
+                then: crate::restore_ops::Follow::Nothing,
+            });
+        }
+    }
     ops
 }
 
@@ -424,6 +468,18 @@ fn plan_one(rng: &mut Prng, model: &Model, mix: &WorkloadMix, kind: OpKind) -> O
         OpKind::ExternalCancel => Some(4),
         _ => None,
     };
+    let restore_kind = match kind {
+        OpKind::RestoreStart => Some(0),
+        OpKind::RestoreTwin => Some(1),
+        OpKind::RestoreCancel => Some(2),
+        OpKind::RestoreWait => Some(3),
+        OpKind::RestoreBad => Some(4),
+        _ => None,
+    };
+    if let Some(k) = restore_kind {
+        let ops = crate::restore_ops::plan(rng, model, mix.names, k)?;
+        return Some(ops.into_iter().map(Op::Restore).collect());
+    }
     if let Some(k) = external_kind {
         let ops = crate::external_ops::plan(rng, model, k)?;
         return Some(ops.into_iter().map(Op::External).collect());
@@ -557,7 +613,12 @@ fn plan_one(rng: &mut Prng, model: &Model, mix: &WorkloadMix, kind: OpKind) -> O
         | OpKind::ExternalCreate
         | OpKind::ExternalRefresh
         | OpKind::ExternalAlter
-        | OpKind::ExternalCancel => return None,
+        | OpKind::ExternalCancel
+        | OpKind::RestoreStart
+        | OpKind::RestoreTwin
+        | OpKind::RestoreCancel
+        | OpKind::RestoreWait
+        | OpKind::RestoreBad => return None,
     };
     Some(vec![op])
 }
@@ -584,6 +645,7 @@ pub async fn execute(ctx: &OpCtx, op: &Op) -> Result<Vec<Effect>, Error> {
     let store = &**client.store();
     match op {
         Op::External(e) => crate::external_ops::execute(client, e).await,
+        Op::Restore(r) => crate::restore_ops::execute(client, r).await,
         Op::Create {
             name,
             shard_count,
@@ -877,7 +939,10 @@ pub fn judge(
         }
         (_, Err(e)) if e.code == ErrorCode::Internal => bad(format!("internal error: {e}")),
         (op, Err(e))
-            if e.code == ErrorCode::InvalidArgument && !matches!(op, Op::BadInput(_)) && !moved =>
+            if e.code == ErrorCode::InvalidArgument
+                && !matches!(op, Op::BadInput(_))
+                && !matches!(op, Op::Restore(r) if r.expects_invalid())
+                && !moved =>
         {
             bad(format!("valid input refused: {e}"))
         }

@@ -477,15 +477,28 @@ async fn task_state(ctx: &RestoreContext, job: u64, task: u32) -> Result<CopyTas
         .await
 }
 
+/// Has the restore of `job` already completed `target` (a committing job's view)?
+///
+/// Ready and created by the job; or created by the job and Dropped: while Restoring a target
+/// cannot be dropped by the user, and only a rollback (not this job: it is committing) or the
+/// clean-up of a job that was never recorded abandons one — so a dropped target of a
+/// committing job was completed first and then dropped by the user.
+pub fn target_completed(target: &CollectionState, job: u64) -> bool {
+    target.restoring_job == Some(job)
+        && matches!(
+            target.status,
+            Some(CollectionStatus::Ready | CollectionStatus::Dropped)
+        )
+}
+
 /// From Committing to Completed.
 pub async fn commit(ctx: &RestoreContext, job: &RestoreJobState) -> Result<(), Error> {
     let request = request_of(job)?;
     let target = collection_stream(request.target_collection_id);
     let state = target_state(ctx, request.target_collection_id).await?;
-    let already_ready = state.status == Some(CollectionStatus::Ready)
-        && state.restoring_job == Some(request.job_id);
-    if already_ready {
-        // A crash after the target became Ready: only the lease and the job's end are left.
+    if target_completed(&state, request.job_id) {
+        // A crash (or a transient error) after the target became Ready: only the lease and
+        // the job's end are left. The user may even have dropped the target since.
         release_lease(ctx, request.snapshot_id, request.job_id).await?;
         return job_command(ctx, request.job_id, RestoreCommand::Complete).await;
     }
@@ -609,5 +622,28 @@ pub fn check_restorable(s: &SnapshotState, collection: &str, name: &str) -> Resu
         None => Err(Error::not_found(format!(
             "snapshot '{name}' of collection '{collection}' not found"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    #[test]
+    fn a_target_dropped_after_its_restore_completed_is_completed() {
+        let mut t = CollectionState {
+            exists: true,
+            restoring_job: Some(7),
+            status: Some(CollectionStatus::Restoring),
+            ..CollectionState::default()
+        };
+        assert!(!target_completed(&t, 7));
+        t.status = Some(CollectionStatus::Ready);
+        assert!(target_completed(&t, 7));
+        assert!(!target_completed(&t, 8));
+        // Completed, then dropped by the user before the job recorded its end: the commit
+        // finishes (lease, Completed) instead of failing and rolling back.
+        t.status = Some(CollectionStatus::Dropped);
+        assert!(target_completed(&t, 7));
     }
 }
