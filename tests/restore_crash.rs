@@ -376,3 +376,27 @@ fn a_crash_during_the_rollback_of_a_cancel_finishes_it_and_leaves_nothing() {
     let status = json(&data, &["restore", "status", &job]);
     assert_eq!(status["status"], "cancelled");
 }
+
+/// A crash after the target became Ready but before the job recorded its end, then the user
+/// drops the (complete) target before anything resumed the job: the job must still end
+/// Completed with its lease released — never roll back a restore that completed (found by
+/// the simulator). The drop's own process resumes the job too, so either order is exercised
+/// over runs; both must end the same way.
+#[test]
+fn a_target_dropped_between_ready_and_the_job_end_leaves_the_job_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d, 4, 2, 4096);
+    crash(
+        d,
+        &["restore", "start", "c1", "s", "t", "--wait"],
+        "restore.after_target_ready",
+    );
+    ok(d, &["collection", "drop", "t"]);
+    let list = json(d, &["restore", "list"]);
+    let jobs = list["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 1, "{list}");
+    assert_eq!(jobs[0]["status"], "completed", "{list}");
+    // The lease is gone: the snapshot can be dropped.
+    ok(d, &["snapshot", "drop", "c1", "s"]);
+}
