@@ -48,6 +48,35 @@ fn names(page: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// `args` is refused as bad input: exit 2, one line `error[<code>]: …` on stderr that
+/// contains `words`, nothing on stdout; with `--json`, the same code in the JSON error.
+fn assert_refused(d: &Path, args: &[&str], code: &str, words: &str) {
+    let out = snapvault(d, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{args:?}: one line expected, got {stderr:?}"
+    );
+    assert!(
+        stderr.starts_with(&format!("error[{code}]: ")),
+        "{args:?}: {stderr:?}"
+    );
+    assert!(
+        stderr.contains(words),
+        "{args:?}: {stderr:?} should mention {words:?}"
+    );
+    assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+
+    let mut with_json = vec!["--json"];
+    with_json.extend_from_slice(args);
+    let out = snapvault(d, &with_json);
+    assert_eq!(out.status.code(), Some(2), "{with_json:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON error on stdout");
+    assert_eq!(doc["error"]["code"], code, "{with_json:?}");
+}
+
 fn log_head(data: &Path) -> u64 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -413,30 +442,7 @@ fn bad_input_is_one_line_with_a_code_and_writes_nothing() {
         ),
     ];
     for (args, code, words) in &cases {
-        let out = snapvault(d, args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(
-            stderr.lines().count(),
-            1,
-            "{args:?}: one line expected, got {stderr:?}"
-        );
-        assert!(
-            stderr.starts_with(&format!("error[{code}]: ")),
-            "{args:?}: {stderr:?}"
-        );
-        assert!(
-            stderr.contains(words),
-            "{args:?}: {stderr:?} should mention {words:?}"
-        );
-        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
-
-        let mut with_json = vec!["--json"];
-        with_json.extend_from_slice(args);
-        let out = snapvault(d, &with_json);
-        assert_eq!(out.status.code(), Some(2), "{with_json:?}");
-        let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON error on stdout");
-        assert_eq!(doc["error"]["code"], *code, "{with_json:?}");
+        assert_refused(d, args, code, words);
     }
 
     assert_eq!(ok(d, &["--json", "snapshot", "list"]), listing);
@@ -603,18 +609,7 @@ fn bad_restore_input_is_one_line_with_a_code_and_creates_nothing() {
         ),
     ];
     for (args, code, words) in &cases {
-        let out = snapvault(d, args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
-        assert!(
-            stderr.starts_with(&format!("error[{code}]: ")),
-            "{args:?}: {stderr:?}"
-        );
-        assert!(
-            stderr.contains(words),
-            "{args:?}: {stderr:?} should mention {words:?}"
-        );
+        assert_refused(d, args, code, words);
     }
     assert_eq!(ok(d, &["--json", "collection", "list"]), collections);
     let jobs = json(d, &["restore", "list"]);

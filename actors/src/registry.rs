@@ -386,7 +386,9 @@ impl Registry {
         }
     }
 
-    async fn inspect_with<A: Aggregate, R: Send + 'static>(
+    /// [`Registry::inspect`] or, with `latest`, [`Registry::inspect_latest`]: for callers
+    /// that decide at run time whether the actor must first catch up with the log.
+    pub async fn inspect_with<A: Aggregate, R: Send + 'static>(
         &self,
         stream: &str,
         latest: bool,

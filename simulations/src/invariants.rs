@@ -40,7 +40,7 @@ use snapvault::Client;
 use snapvault_actors::Aggregate;
 use snapvault_actors::catalog::{Catalog, CatalogState};
 use snapvault_actors::collection::{Collection, CollectionState};
-use snapvault_actors::restore::{CopyTask, CopyTaskState, RestoreJob, RestoreJobState};
+use snapvault_actors::restore::{CopyTask, RestoreJob};
 use snapvault_actors::snapshot::worker::{SnapshotConfig, SnapshotWorker};
 use snapvault_actors::snapshot::{Snapshot, SnapshotState};
 use snapvault_events::codec::decode;
@@ -795,16 +795,11 @@ impl Checker {
             .collect();
         for job in jobs {
             let stream = restore_stream(job);
-            let f = |v: u64, s: &RestoreJobState| (v, s.clone());
-            let actor = if strict {
-                client
-                    .registry()
-                    .inspect_latest::<RestoreJob, _>(&stream, f)
-                    .await
-            } else {
-                client.registry().inspect::<RestoreJob, _>(&stream, f).await
-            }
-            .map_err(|e| format!("cannot read restore job {job} through its actor: {e}"))?;
+            let actor = client
+                .registry()
+                .inspect_with::<RestoreJob, _>(&stream, strict, |v, s| (v, s.clone()))
+                .await
+                .map_err(|e| format!("cannot read restore job {job} through its actor: {e}"))?;
             let known = self
                 .truth
                 .restores
@@ -822,16 +817,11 @@ impl Checker {
             .await?;
             for t in &known.state.tasks {
                 let stream = copy_task_stream(job, t.task);
-                let f = |v: u64, s: &CopyTaskState| (v, s.clone());
-                let actor = if strict {
-                    client
-                        .registry()
-                        .inspect_latest::<CopyTask, _>(&stream, f)
-                        .await
-                } else {
-                    client.registry().inspect::<CopyTask, _>(&stream, f).await
-                }
-                .map_err(|e| format!("cannot read {stream} through its actor: {e}"))?;
+                let actor = client
+                    .registry()
+                    .inspect_with::<CopyTask, _>(&stream, strict, |v, s| (v, s.clone()))
+                    .await
+                    .map_err(|e| format!("cannot read {stream} through its actor: {e}"))?;
                 let known = self
                     .truth
                     .restores

@@ -100,8 +100,6 @@ pub async fn copy_file(
             got.meta.size, want.size
         )));
     }
-    let mut crc = 0u32;
-    let mut seen = 0u64;
     if want.size <= limits.single_put_max_bytes {
         // One read of the whole object (the local store reads it in one go; a stream would
         // be many small blocking reads), then the checksum over it, then one put.
@@ -123,6 +121,8 @@ pub async fn copy_file(
             .map_err(|e| transient(&want.key, e))?;
     } else {
         let mut stream = got.into_stream();
+        let mut crc = 0u32;
+        let mut seen = 0u64;
         record_copy(&want.key);
         let upload = store
             .put_multipart(&dst)
@@ -309,11 +309,11 @@ fn is_transient(e: &Error) -> bool {
     matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict)
 }
 
-/// Record `files` as copied, retrying transient log errors a bounded number of times.
 /// A progress record in flight (see [`run_task`]).
 type RecordFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 
+/// Record `files` as copied, retrying transient log errors a bounded number of times.
 async fn record(args: &CopyRunnerArgs, stream: &str, files: Vec<u32>) -> Result<(), String> {
     if files.is_empty() {
         return Ok(());
