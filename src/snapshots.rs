@@ -350,11 +350,7 @@ impl Client {
             for seg in manifest::decode_manifest(&data)? {
                 totals.segments += 1;
                 totals.rows += seg.rows;
-                for f in seg
-                    .files
-                    .iter()
-                    .chain(seg.indexes.iter().flat_map(|i| i.files.iter()))
-                {
+                for f in seg.all_files() {
                     totals.files += 1;
                     totals.bytes += f.size;
                 }

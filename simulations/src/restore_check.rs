@@ -259,7 +259,7 @@ impl RestoreTruth {
             let Some(r) = &j.state.request else { continue };
             if let Some(cut) = cuts.get(&r.snapshot_id) {
                 for seg in cut.segments.values() {
-                    for f in seg_files(seg) {
+                    for f in seg.all_files() {
                         out(
                             &f.key,
                             f.size,
@@ -308,12 +308,6 @@ impl RestoreTruth {
                     .is_some_and(|t| key.starts_with(&format!("data/{t}/")))
         })
     }
-}
-
-fn seg_files(seg: &SegmentRecord) -> impl Iterator<Item = &snapvault_events::domain::FileRef> {
-    seg.files
-        .iter()
-        .chain(seg.indexes.iter().flat_map(|i| i.files.iter()))
 }
 
 /// Invariants over the whole truth (no I/O), after every step.

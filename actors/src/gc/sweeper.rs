@@ -135,11 +135,7 @@ async fn imported_keys(
         let data = get_object(store, &key).await?;
         keys.insert(key);
         for seg in manifest::decode_manifest(&data)? {
-            for f in seg
-                .files
-                .iter()
-                .chain(seg.indexes.iter().flat_map(|i| i.files.iter()))
-            {
+            for f in seg.all_files() {
                 keys.insert(f.key.clone());
             }
         }

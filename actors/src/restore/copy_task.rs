@@ -32,11 +32,7 @@ pub struct CopyItem {
 pub fn copy_items(segments: &[PlannedSegment]) -> Vec<CopyItem> {
     let mut out = Vec::new();
     for p in segments {
-        let files = p
-            .segment
-            .files
-            .iter()
-            .chain(p.segment.indexes.iter().flat_map(|i| i.files.iter()));
+        let files = p.segment.all_files();
         for f in files.filter(|f| !p.prewritten.contains(&f.key)) {
             let rel = f.key.strip_prefix(&p.dest_prefix).unwrap_or(&f.key);
             out.push(CopyItem {
@@ -92,12 +88,7 @@ fn check_plan(segments: &[PlannedSegment]) -> Result<(), Error> {
         )));
     }
     for p in segments {
-        for f in p
-            .segment
-            .files
-            .iter()
-            .chain(p.segment.indexes.iter().flat_map(|i| i.files.iter()))
-        {
+        for f in p.segment.all_files() {
             if !f.key.starts_with(&p.dest_prefix) && !p.prewritten.contains(&f.key) {
                 return Err(Error::invalid_argument(format!(
                     "planned key '{}' is not under its destination prefix '{}'",
@@ -109,12 +100,7 @@ fn check_plan(segments: &[PlannedSegment]) -> Result<(), Error> {
     for p in segments {
         for key in &p.prewritten {
             validate_object_key("prewritten key", key)?;
-            let listed = p
-                .segment
-                .files
-                .iter()
-                .chain(p.segment.indexes.iter().flat_map(|i| i.files.iter()))
-                .any(|f| &f.key == key);
+            let listed = p.segment.all_files().any(|f| &f.key == key);
             if !listed {
                 return Err(Error::invalid_argument(format!(
                     "prewritten key '{key}' is not a file of segment {}",

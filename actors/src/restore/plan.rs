@@ -63,7 +63,11 @@ impl PlannedTask {
         let mut files = 0u64;
         let mut bytes = 0u64;
         for p in &self.segments {
-            for f in all_files(&p.segment).filter(|f| !p.prewritten.contains(&f.key)) {
+            for f in p
+                .segment
+                .all_files()
+                .filter(|f| !p.prewritten.contains(&f.key))
+            {
                 files += 1;
                 bytes += f.size;
             }
@@ -75,12 +79,6 @@ impl PlannedTask {
             bytes,
         }
     }
-}
-
-fn all_files(seg: &SegmentRecord) -> impl Iterator<Item = &FileRef> {
-    seg.files
-        .iter()
-        .chain(seg.indexes.iter().flat_map(|i| i.files.iter()))
 }
 
 /// The directory (ending in `/`, or empty) every key shares.
@@ -150,7 +148,7 @@ impl Planner {
             .checked_add(ordinal.saturating_mul(self.ctx.stride()))
             .ok_or_else(|| Error::internal("restore id block overflows"))?;
         let segment_id = base;
-        let source_prefix = common_dir(all_files(seg).map(|f| f.key.as_str()));
+        let source_prefix = common_dir(seg.all_files().map(|f| f.key.as_str()));
         let dest_prefix = format!(
             "data/{}/{partition_id}/{segment_id}/",
             self.ctx.target_collection_id
@@ -220,8 +218,8 @@ impl Planner {
                 seg.segment_id
             )));
         }
-        let files = all_files(&planned.segment).count();
-        let bytes: u64 = all_files(&planned.segment).map(|f| f.size).sum();
+        let files = planned.segment.all_files().count();
+        let bytes: u64 = planned.segment.all_files().map(|f| f.size).sum();
         let open = self.open.entry(seg.shard).or_default();
         let full = !open.segments.is_empty()
             && (open.files + files > MAX_FILES_PER_TASK

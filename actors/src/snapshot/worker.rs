@@ -145,11 +145,7 @@ async fn write_manifest(
     for seg in chunk {
         r.segments += 1;
         rows += seg.rows;
-        for f in seg
-            .files
-            .iter()
-            .chain(seg.indexes.iter().flat_map(|i| i.files.iter()))
-        {
+        for f in seg.all_files() {
             r.files += 1;
             r.bytes += f.size;
         }
@@ -476,13 +472,7 @@ impl SnapshotWorker {
             let segments = manifest::decode_manifest(&bytes)?;
             let files: Vec<_> = segments
                 .iter()
-                .flat_map(|seg| {
-                    seg.files
-                        .iter()
-                        .chain(seg.indexes.iter().flat_map(|i| i.files.iter()))
-                        .cloned()
-                        .collect::<Vec<_>>()
-                })
+                .flat_map(|seg| seg.all_files().cloned().collect::<Vec<_>>())
                 .collect();
             let store = self.store.clone();
             let results: Vec<(String, Result<Option<String>, Error>)> =

@@ -63,6 +63,15 @@ pub struct SegmentRecord {
     pub indexes: Vec<IndexFiles>,
 }
 
+impl SegmentRecord {
+    /// Every file of the segment: its data files, then the files of each index build.
+    pub fn all_files(&self) -> impl Iterator<Item = &FileRef> {
+        self.files
+            .iter()
+            .chain(self.indexes.iter().flat_map(|i| i.files.iter()))
+    }
+}
+
 /// Create a collection. The id is allocated by the shell before deciding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateCollection {
