@@ -4,6 +4,7 @@ use snapvault_actors::RegistryConfig;
 use snapvault_actors::gc::GcConfig;
 use snapvault_actors::restore::RestoreConfig;
 use snapvault_actors::snapshot::worker::SnapshotConfig;
+use snapvault_actors::work::WorkConfig;
 use std::path::{Path, PathBuf};
 
 /// Which event log backs the node.
@@ -41,6 +42,10 @@ pub struct NodeConfig {
     pub snapshot: SnapshotConfig,
     pub gc: GcConfig,
     pub restore: RestoreConfig,
+    /// This node's part in claimed work (design §10). The default is a one-shot embedded
+    /// process: node id `embedded`, only its own work (`Scope::Own`); `serve` and a host that
+    /// wants the node to take any unclaimed work set `Scope::All`.
+    pub work: WorkConfig,
 }
 
 impl NodeConfig {
@@ -58,6 +63,7 @@ impl NodeConfig {
             snapshot: SnapshotConfig::default(),
             gc: GcConfig::default(),
             restore: RestoreConfig::default(),
+            work: WorkConfig::default(),
         }
     }
 
@@ -71,6 +77,7 @@ impl NodeConfig {
             snapshot: SnapshotConfig::default(),
             gc: GcConfig::default(),
             restore: RestoreConfig::default(),
+            work: WorkConfig::default(),
         }
     }
 }

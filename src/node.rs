@@ -8,6 +8,7 @@ use snapvault_actors::gc::sweeper::{GcConfig, SweepContext};
 use snapvault_actors::restore::{RestoreConfig, RestoreContext, Restores};
 use snapvault_actors::snapshot::index::SnapshotIndex;
 use snapvault_actors::snapshot::worker::{SnapshotConfig, SnapshotWorker};
+use snapvault_actors::work::WorkConfig;
 use snapvault_actors::{Registry, RegistryConfig};
 use snapvault_events::ids::IdAllocator;
 use snapvault_events::{Error, EventLog, MemoryLog, SharedClock, SledLog, SystemClock};
@@ -42,6 +43,7 @@ pub struct NodeLimits {
     pub snapshot: SnapshotConfig,
     pub gc: GcConfig,
     pub restore: RestoreConfig,
+    pub work: WorkConfig,
 }
 
 impl Node {
@@ -83,9 +85,14 @@ impl Node {
             StoreConfig::S3(s3) => crate::s3::open(s3)?,
         };
         let mut registry = config.registry;
+        let mut work = config.work;
         // The JetStream log is shared by every node on it: entities check for other nodes'
-        // writes before deciding or answering.
-        registry.shared_log |= matches!(config.log, LogConfig::JetStream { .. });
+        // writes before deciding or answering, and a claim of this node id is never taken
+        // for a dead earlier process's (another process may use the same id right now).
+        let shared = matches!(config.log, LogConfig::JetStream { .. });
+        registry.shared_log |= shared;
+        work.take_over_own &= !shared;
+        snapvault_events::domain::claim::validate_node_id(&work.node_id)?;
         Self::start_with(
             NodeParts { log, store, clock },
             registry,
@@ -94,6 +101,7 @@ impl Node {
                 snapshot: config.snapshot,
                 gc: config.gc,
                 restore: config.restore,
+                work,
             },
         )
         .await
@@ -110,10 +118,8 @@ impl Node {
             snapshot,
             gc,
             restore,
+            work,
         } = limits;
-        // What is in the log now was written by earlier processes: the resume below may
-        // clean leftovers up to here, never what this process writes from now on.
-        let head_at_start = parts.log.head().await?;
         let registry = Registry::start(parts.log.clone(), parts.clock.clone(), registry).await?;
         let ids = Arc::new(IdAllocator::new(parts.log.clone(), id_block_size));
         let snapshots = SnapshotIndex::start(parts.log.clone());
@@ -140,6 +146,7 @@ impl Node {
             ids: ids.clone(),
             snapshots: worker.clone(),
             config: restore,
+            work,
         })
         .await?;
         // External refresh tasks: sources are local directories or prefixes of this store.
@@ -170,9 +177,6 @@ impl Node {
         let resume = tokio::spawn(async move {
             if let Err(e) = resumer.resume_unfinished().await {
                 tracing::warn!(error = %e, "resuming unfinished work failed; it is retried at the next start");
-            }
-            if let Err(e) = resumer.resume_restores(head_at_start).await {
-                tracing::warn!(error = %e, "resuming restore jobs failed; it is retried at the next start");
             }
             // Unfinished external refresh tasks: exactly one active per collection, resumed.
             if let Err(e) = resumer.resume_external().await {

@@ -1,28 +1,34 @@
-//! Restore operations of the client: start, status, list, cancel, wait, and the resume of
-//! restore work at start.
+//! Restore operations of the client: start, status, list, cancel, wait.
 //!
-//! `start_restore` checks everything before it writes anything (the snapshot is Committed,
-//! the partitions exist in it, the options are sane, the target name is free), then, in this
-//! order, each step crash-safe:
-//! 1. creates the target collection in `Restoring` and reserves its name on the catalog's
-//!    fence — two restores into one name: exactly one wins, the other gets `already_exists`
-//!    and leaves nothing;
-//! 2. takes the job's lease on the snapshot (from here on the snapshot cannot be dropped);
-//! 3. records the job (`Requested`), hands it to this node's runner and returns its id.
+//! A restore is one workflow owned by its job (design §10). `start_restore` checks
+//! everything it can before it writes anything (the snapshot is Committed, the partitions
+//! exist in it, the options are sane, the target name is free), then:
+//! 1. records the job — `Requested` and this node's claim on its coordination, in one append
+//!    to the job's own stream — so from here on every step is driven from that stream by
+//!    whichever node holds the claim, and no other node touches the job while it is held;
+//! 2. creates the target collection in `Restoring`, reserving its name on the catalog's fence
+//!    (two restores into one name: exactly one wins), and takes the job's lease on the
+//!    snapshot. A refusal here (the name was taken meanwhile, the snapshot is being dropped)
+//!    fails the job, rolls it back at once and returns the refusal's code: the job ends
+//!    Failed, nothing else is left;
+//! 3. hands the job to this node's restore manager and returns its id.
 //!
-//! A crash between 1 and 3 leaves a `Restoring` target (and maybe a lease) with no job; the
-//! resume at the next start drops the target, frees the name and releases the lease.
+//! A crash anywhere after 1 leaves a job whose claim lapses; a reconciler (`serve`, or a
+//! `restore wait` on a sled directory) takes it and finishes or rolls it back.
 
 use crate::client::Client;
 use serde::{Deserialize, Serialize};
 use snapvault_actors::crash_points::crash_point;
+use snapvault_actors::restore::RestoreJob;
 use snapvault_actors::restore::index::{JobEntry, TaskProgress};
 use snapvault_actors::restore::job::check_request;
+use snapvault_actors::restore::manager::Held;
 use snapvault_actors::restore::steps;
 use snapvault_events::domain::JobId;
+use snapvault_events::domain::claim::{ClaimCommand, ClaimEvent};
 use snapvault_events::domain::restore::{
-    CopyTaskStatus, RestoreCommand, RestoreOptions, RestoreRequest, RestoreStatus, RestoreTotals,
-    restore_stream,
+    CopyTaskStatus, RestoreCommand, RestoreEvent, RestoreOptions, RestoreRequest, RestoreStatus,
+    RestoreTotals, restore_stream,
 };
 use snapvault_events::validate::validate_name;
 use snapvault_events::{Error, ErrorCode};
@@ -53,6 +59,25 @@ pub struct TaskView {
     pub bytes_total: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// The node holding the task's claim (copying it), while one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The claim's epoch and deadline, while it is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_epoch: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_deadline_ms: Option<u64>,
+    pub shard: u32,
+}
+
+/// A node copying for a job, with its recent rate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRate {
+    pub node: String,
+    /// Over the last 30 s.
+    pub bytes_per_sec: u64,
+    /// Tasks of the job it holds now.
+    pub tasks_held: u64,
 }
 
 /// A restore job and its progress, derived from the log.
@@ -84,9 +109,17 @@ pub struct RestoreView {
     pub failure: Option<String>,
     /// Objects a rollback removed.
     pub objects_deleted: u64,
+    /// The node coordinating the job (holding its claim), while one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_deadline_ms: Option<u64>,
     /// Only in `restore status`.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub tasks: Vec<TaskView>,
+    /// Only in `restore status`: every node that copied for the job recently or holds a task.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub nodes: Vec<NodeRate>,
 }
 
 impl RestoreView {
@@ -117,14 +150,44 @@ impl RestoreView {
                 / rate
         });
         let rolled_back = matches!(status, RestoreStatus::Failed | RestoreStatus::Cancelled);
-        let tasks = if with_tasks {
+        let tasks: Vec<TaskView> = if with_tasks {
             e.tasks
                 .iter()
-                .map(|(n, t)| task_view(*n, t, rolled_back))
+                .map(|(n, t)| task_view(*n, t, rolled_back, now_ms))
                 .collect()
         } else {
             Vec::new()
         };
+        let nodes = if with_tasks {
+            let mut rates: std::collections::BTreeMap<String, NodeRate> = e
+                .node_rates(now_ms)
+                .into_iter()
+                .map(|(node, bytes_per_sec)| {
+                    let rate = NodeRate {
+                        node: node.clone(),
+                        bytes_per_sec: if active { bytes_per_sec } else { 0 },
+                        tasks_held: 0,
+                    };
+                    (node, rate)
+                })
+                .collect();
+            for t in &tasks {
+                if let Some(n) = &t.node {
+                    rates
+                        .entry(n.clone())
+                        .or_insert_with(|| NodeRate {
+                            node: n.clone(),
+                            bytes_per_sec: 0,
+                            tasks_held: 0,
+                        })
+                        .tasks_held += 1;
+                }
+            }
+            rates.into_values().collect()
+        } else {
+            Vec::new()
+        };
+        let coordinator = e.state.claim.live(now_ms);
         Some(RestoreView {
             job_id: r.job_id,
             status,
@@ -146,12 +209,16 @@ impl RestoreView {
             eta_ms,
             failure: e.state.failure.clone(),
             objects_deleted: e.state.objects_deleted,
+            node: coordinator.map(|c| c.node.clone()),
+            claim_deadline_ms: coordinator.map(|c| c.deadline_ms),
             tasks,
+            nodes,
         })
     }
 }
 
-fn task_view(task: u32, t: &TaskProgress, rolled_back: bool) -> TaskView {
+fn task_view(task: u32, t: &TaskProgress, rolled_back: bool, now_ms: u64) -> TaskView {
+    let claim = t.claim.live(now_ms);
     let status = match t.status {
         Some(CopyTaskStatus::Completed) => "completed",
         Some(CopyTaskStatus::Failed) => "failed",
@@ -167,6 +234,10 @@ fn task_view(task: u32, t: &TaskProgress, rolled_back: bool) -> TaskView {
         bytes_done: t.bytes_done,
         bytes_total: t.bytes_total,
         failure: t.failure.clone(),
+        node: claim.map(|c| c.node.clone()),
+        claim_epoch: claim.map(|c| c.epoch),
+        claim_deadline_ms: claim.map(|c| c.deadline_ms),
+        shard: t.shard,
     }
 }
 
@@ -174,14 +245,6 @@ fn task_view(task: u32, t: &TaskProgress, rolled_back: bool) -> TaskView {
 pub struct RestorePage {
     pub jobs: Vec<RestoreView>,
     pub next_page_token: Option<u64>,
-}
-
-/// What the resume at start did about restores.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestoreResumeReport {
-    pub jobs_resumed: usize,
-    pub orphan_targets_dropped: usize,
-    pub orphan_leases_released: usize,
 }
 
 /// One restored segment and where each of its files came from.
@@ -234,48 +297,96 @@ impl Client {
         request.job_id = self.ids.next_id().await?;
         request.target_collection_id = self.ids.next_id().await?;
         let ctx = &self.restores.ctx;
-        if let Err(e) = steps::ensure_target(ctx, &request, &meta).await {
-            // Lost the name (or the log failed): retire what this call made.
-            let _ = steps::abandon_target(
-                ctx,
-                request.target_collection_id,
-                &request.target_name,
-                request.job_id,
-            )
-            .await;
-            return Err(e);
-        }
-        crash_point("restore.after_target");
-        if let Err(e) = steps::take_lease(ctx, &request).await {
-            let _ = steps::abandon_target(
-                ctx,
-                request.target_collection_id,
-                &request.target_name,
-                request.job_id,
-            )
-            .await;
-            return Err(match e.code {
-                ErrorCode::FailedPrecondition | ErrorCode::NotFound => {
-                    Error::failed_precondition(format!(
-                        "snapshot '{}' of collection '{}' can no longer be restored: {}",
-                        req.snapshot, req.snapshot_collection, e.message
-                    ))
-                }
-                _ => e,
-            });
-        }
-        crash_point("restore.after_lease");
         let job = request.job_id;
-        self.registry
-            .execute::<snapvault_actors::restore::RestoreJob>(
+        let now_ms = self.clock_ms();
+        let claim = ClaimCommand::Claim {
+            node: self.restores.node_id().to_string(),
+            deadline_ms: now_ms + ctx.work.claim_ttl_ms,
+            take_over_own: false,
+        };
+        let recorded = self
+            .registry
+            .execute::<RestoreJob>(
                 &restore_stream(job),
-                RestoreCommand::Request { request },
+                RestoreCommand::Request {
+                    request: request.clone(),
+                    claim: Some(claim),
+                },
                 job,
             )
             .await?;
+        let held = recorded.events.iter().find_map(|e| match e {
+            RestoreEvent::Claim(ClaimEvent::Claimed {
+                epoch, deadline_ms, ..
+            }) => Some(Held {
+                epoch: *epoch,
+                deadline_ms: *deadline_ms,
+            }),
+            _ => None,
+        });
         crash_point("restore.after_request");
-        self.restores.run(job, false);
+        match self.reserve_target(&request, &meta).await {
+            Ok(()) => {}
+            // The log or the store blinked: the job is recorded and claimed; its runner
+            // retries these steps.
+            Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict) => {
+                tracing::info!(job, error = %e, "restore start continues in the background");
+            }
+            Err(refused) => {
+                // Lost the name, or the snapshot cannot be leased: the job ends Failed and
+                // leaves nothing (its own rollback, run here and now).
+                self.refuse_restore(job, &refused).await;
+                return Err(refused);
+            }
+        }
+        self.restores.adopt(job, held);
         self.restore_status(job).await
+    }
+
+    /// Step 2 of `start_restore`: the target in `Restoring` with its name, then the lease.
+    async fn reserve_target(
+        &self,
+        request: &RestoreRequest,
+        meta: &snapvault_actors::snapshot::manifest::SnapshotMetadata,
+    ) -> Result<(), Error> {
+        let ctx = &self.restores.ctx;
+        steps::ensure_target(ctx, request, meta).await?;
+        crash_point("restore.after_target");
+        steps::take_lease(ctx, request)
+            .await
+            .map_err(|e| match e.code {
+                ErrorCode::FailedPrecondition | ErrorCode::NotFound => {
+                    Error::failed_precondition(format!(
+                        "snapshot '{}' of collection '{}' can no longer be restored: {}",
+                        request.snapshot_name, request.source_collection_name, e.message
+                    ))
+                }
+                _ => e,
+            })?;
+        crash_point("restore.after_lease");
+        Ok(())
+    }
+
+    /// Fail a job refused while it started and roll it back now (best effort: if the log
+    /// fails meanwhile, the job's claim lapses and a reconciler finishes the rollback).
+    async fn refuse_restore(&self, job: JobId, refused: &Error) {
+        let ctx = &self.restores.ctx;
+        let fail = RestoreCommand::Fail {
+            reason: format!("refused at start: {refused}"),
+        };
+        if steps::job_command(ctx, job, fail).await.is_err() {
+            return;
+        }
+        match steps::job_state(ctx, job).await {
+            Ok(state) => {
+                if let Err(e) = steps::rollback(ctx, &state).await {
+                    tracing::warn!(job, error = %e, "the rollback of a refused restore continues later");
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        self.registry.release(&restore_stream(job));
     }
 
     /// A job's state and progress (per task too), from the log.
@@ -333,7 +444,7 @@ impl Client {
                 job,
             )
             .await?;
-        self.restores.cancelled(job);
+        self.restores.poke();
         self.restore_status(job).await
     }
 
@@ -347,10 +458,11 @@ impl Client {
         mut progress: impl FnMut(&RestoreView),
     ) -> Result<RestoreView, Error> {
         let started = tokio::time::Instant::now();
-        // Make sure something drives it (it may have been left by a crashed process).
+        // Take part in it while waiting (it may have been left by a crashed process, and in
+        // a one-shot process nothing else would drive it).
         let first = self.restore_status(job).await?;
         if !first.status.is_terminal() {
-            self.restores.run(job, true);
+            self.restores.adopt(job, None);
         }
         loop {
             let view = self.restore_status(job).await?;
@@ -404,44 +516,5 @@ impl Client {
 
     fn clock_ms(&self) -> u64 {
         self.registry.clock().now_ms()
-    }
-
-    /// Resume unfinished jobs and clean what a crash inside `start_restore` left. Only
-    /// leftovers recorded at or before `head_at_start` and older than the grace period are
-    /// touched, so a `start_restore` running right now is never mistaken for one.
-    pub async fn resume_restores(&self, head_at_start: u64) -> Result<RestoreResumeReport, Error> {
-        let mut report = RestoreResumeReport::default();
-        let u = self.restores.index.unfinished().await?;
-        for job in u.jobs {
-            self.restores.run(job, true);
-            report.jobs_resumed += 1;
-        }
-        let ctx = &self.restores.ctx;
-        let now = self.clock_ms();
-        let grace = ctx.config.orphan_grace_ms;
-        for (cid, target) in u.orphan_targets {
-            let old_enough = target.position <= head_at_start
-                && now.saturating_sub(target.created_ms) >= grace.min(now);
-            if !old_enough {
-                continue;
-            }
-            let name = self.inspect_collection(cid, |_, s| s.name.clone()).await?;
-            steps::abandon_target(ctx, cid, &name, target.job_id).await?;
-            report.orphan_targets_dropped += 1;
-        }
-        for (snapshot_id, job) in self.snapshots.leases().await? {
-            let state = self.restores.index.get(job).await?;
-            let orphan = match &state {
-                None => {
-                    self.restores.index.lease_position(snapshot_id, job).await? <= head_at_start
-                }
-                Some(e) => e.state.status.is_some_and(RestoreStatus::is_terminal),
-            };
-            if orphan {
-                steps::release_lease(ctx, snapshot_id, job).await?;
-                report.orphan_leases_released += 1;
-            }
-        }
-        Ok(report)
     }
 }

@@ -444,6 +444,7 @@ async fn nothing_is_reclaimed_before_the_ref_index_is_loaded() {
             snapshot: cfg.snapshot,
             gc: cfg.gc,
             restore: cfg.restore,
+            work: cfg.work,
         },
     )
     .await

@@ -1,8 +1,8 @@
 //! Restore survives real processes dying: `kill -9` at random moments of a long restore, and
 //! an abort at every named crash point of `restore start`, the job runner and the rollback.
 //!
-//! After each death the next `snapvault` process resumes the job at start. The tests prove
-//! that in the end every restored file equals its source byte for byte (read straight from the
+//! After each death the next `restore wait` (which takes the job over: the dead process held
+//! its claim under the same node id) finishes it. The tests prove that in the end every restored file equals its source byte for byte (read straight from the
 //! data directory), that a resumed job did not copy again what it had recorded (the copy
 //! audit counts every object a copy wrote, across all processes), and that a failed or
 //! cancelled or half-started restore leaves nothing: no target collection, no object under its
@@ -243,8 +243,8 @@ fn kill_9_at_random_moments_of_a_2000_file_restore_resumes_without_copying_again
         kills >= 10,
         "only {kills} kills happened before the restore finished"
     );
-    // Every process resumes the job while it lives (this status check too), so each one
-    // writes to the audit.
+    // A one-shot status check takes no part in the job (it did not start it or wait for
+    // it): it only reads.
     let mut cmd = command(&data, &["--json", "restore", "status", &job]);
     cmd.env("SNAPVAULT_COPY_AUDIT", &audit);
     let mid: Value = serde_json::from_slice(&cmd.output().unwrap().stdout).unwrap();
@@ -277,8 +277,9 @@ fn kill_9_at_random_moments_of_a_2000_file_restore_resumes_without_copying_again
 }
 
 #[test]
-fn a_crash_inside_restore_start_leaves_nothing_after_the_next_start() {
+fn a_crash_inside_restore_start_is_finished_by_the_next_wait_and_untouched_by_others() {
     for point in [
+        "restore.after_request",
         "restore.after_target_created",
         "restore.after_target",
         "restore.after_lease",
@@ -287,17 +288,17 @@ fn a_crash_inside_restore_start_leaves_nothing_after_the_next_start() {
         let data = dir.path().join("d");
         setup(&data, 6, 2, 512);
         crash(&data, &["restore", "start", "c1", "s", "r1"], point);
-        // Any command: the resume at start drops the orphan target and releases the lease.
+        // The job was recorded first, with its claim: it is visible, pending, and a one-shot
+        // command that did not start it leaves it alone.
         ok(&data, &["collection", "list"]);
-        assert_nothing_left(&data, "r1", None);
         let list = json(&data, &["restore", "list"]);
-        assert_eq!(
-            list["jobs"],
-            serde_json::json!([]),
-            "{point}: no job was recorded"
-        );
-        // The name is free and a restore works.
-        let v = json(&data, &["restore", "start", "c1", "s", "r1", "--wait"]);
+        let jobs = list["jobs"].as_array().expect("jobs");
+        assert_eq!(jobs.len(), 1, "{point}: the job is recorded: {list}");
+        assert_eq!(jobs[0]["status"], "pending", "{point}: {list}");
+        let job = jobs[0]["job_id"].as_u64().unwrap().to_string();
+        // Waiting for it takes it over (the crashed process's claim is this node's own, and
+        // on a sled directory no other process can hold it) and finishes it.
+        let v = json(&data, &["restore", "wait", &job]);
         assert_eq!(v["status"], "completed", "{point}: {v}");
         assert_restored_byte_for_byte(&data, "r1", 12);
     }
@@ -380,8 +381,8 @@ fn a_crash_during_the_rollback_of_a_cancel_finishes_it_and_leaves_nothing() {
 /// A crash after the target became Ready but before the job recorded its end, then the user
 /// drops the (complete) target before anything resumed the job: the job must still end
 /// Completed with its lease released — never roll back a restore that completed (found by
-/// the simulator). The drop's own process resumes the job too, so either order is exercised
-/// over runs; both must end the same way.
+/// the simulator). The drop is a one-shot command that takes no part in the job; the
+/// `restore wait` after it finishes the job.
 #[test]
 fn a_target_dropped_between_ready_and_the_job_end_leaves_the_job_completed() {
     let dir = tempfile::tempdir().unwrap();
@@ -396,7 +397,9 @@ fn a_target_dropped_between_ready_and_the_job_end_leaves_the_job_completed() {
     let list = json(d, &["restore", "list"]);
     let jobs = list["jobs"].as_array().expect("jobs");
     assert_eq!(jobs.len(), 1, "{list}");
-    assert_eq!(jobs[0]["status"], "completed", "{list}");
+    let job = jobs[0]["job_id"].as_u64().unwrap().to_string();
+    let end = json(d, &["restore", "wait", &job]);
+    assert_eq!(end["status"], "completed", "{end}");
     // The lease is gone: the snapshot can be dropped.
     ok(d, &["snapshot", "drop", "c1", "s"]);
 }

@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod catalog;
+pub mod claim;
 pub mod collection;
 pub mod copy_audit;
 pub mod crash_points;
@@ -17,6 +18,7 @@ pub mod projection;
 pub mod registry;
 pub mod restore;
 pub mod snapshot;
+pub mod work;
 
 pub use aggregate::Aggregate;
 pub use entity::Executed;

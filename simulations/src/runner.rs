@@ -38,6 +38,7 @@ use snapvault_actors::gc::{GcConfig, GcRunOptions};
 use snapvault_actors::restore::RestoreConfig;
 use snapvault_actors::snapshot::Snapshot;
 use snapvault_actors::snapshot::worker::SnapshotConfig;
+use snapvault_actors::work::{Scope, WorkConfig};
 use snapvault_events::domain::catalog::CATALOG_STREAM;
 use snapvault_events::domain::collection::CollectionCommand;
 use snapvault_events::domain::collection_stream;
@@ -72,6 +73,8 @@ pub struct Swarm {
     pub snapshot: SnapshotConfig,
     pub gc: GcConfig,
     pub restore: RestoreConfig,
+    /// The node's part in claimed work: it takes every unit (`Scope::All`, as `serve`).
+    pub work: WorkConfig,
 }
 
 impl Swarm {
@@ -109,6 +112,19 @@ impl Swarm {
             status_poll_ms: *rng.pick(&[200, 1_000]).unwrap_or(&1_000),
             ..RestoreConfig::default()
         };
+        // One node restarting on one log, like `serve` on a sled directory: it takes its
+        // own earlier incarnation's claims back at once.
+        let work = WorkConfig {
+            node_id: "sim-0".to_string(),
+            scope: Scope::All,
+            take_over_own: true,
+            max_tasks: *rng.pick(&[1, 4, 8]).unwrap_or(&8),
+            max_copies_in_flight: *rng.pick(&[1, 4, 16]).unwrap_or(&16),
+            claim_ttl_ms: *rng.pick(&[3_000, 15_000]).unwrap_or(&15_000),
+            reconcile_ms: *rng.pick(&[100, 1_000]).unwrap_or(&1_000),
+            placement_delay_ms: *rng.pick(&[0, 2_000]).unwrap_or(&0),
+            ..WorkConfig::default()
+        };
         Swarm {
             faults,
             mix,
@@ -117,6 +133,7 @@ impl Swarm {
             snapshot,
             gc,
             restore,
+            work,
         }
     }
 }
@@ -350,6 +367,7 @@ impl Sim {
                     snapshot: self.swarm.snapshot,
                     gc: self.swarm.gc.clone(),
                     restore: self.swarm.restore,
+                    work: self.swarm.work.clone(),
                 },
             )
             .await
@@ -831,15 +849,9 @@ impl Sim {
         crate::external_check::check_mirror(&live, self.store.inner()).await
     }
 
-    /// What a restart does for restores (resume every unfinished job, drop targets and
-    /// release leases a crashed start left), then wait for every job to end.
+    /// Wait for every job to end: the node's reconciler claims whatever a crash left (a
+    /// job's coordination, its copy tasks) and drives it on.
     async fn settle_restores(&mut self, client: &Client) -> Result<(), String> {
-        let head = self.log.inner().head().await.map_err(|e| e.to_string())?;
-        let report = tokio::time::timeout(OP_TIMEOUT, client.resume_restores(head))
-            .await
-            .map_err(|_| "liveness: resuming restores hung".to_string())?
-            .map_err(|e| format!("liveness: resuming restores failed: {e}"))?;
-        self.note(format!("liveness: restores resumed {report:?}"));
         self.checker
             .ingest(self.log.inner(), &mut self.trace)
             .await?;

@@ -88,8 +88,9 @@ pub enum Command {
     /// Refresh external collections from their sources: refresh, status, cancel.
     #[command(subcommand)]
     External(ExternalCmd),
-    /// Run the node in the foreground until SIGTERM or Ctrl-C.
-    Serve,
+    /// Run the node in the foreground until SIGTERM or Ctrl-C, taking part in every restore
+    /// (and other claimed work) in the log.
+    Serve(serve::ServeArgs),
     /// The main job end to end on the data directory: create, ingest, compact, describe.
     Demo,
 }
@@ -358,7 +359,7 @@ pub fn init_tracing() {
 /// Run a parsed command to completion.
 pub fn run(cli: Cli) -> Result<(), Error> {
     check_args(&cli.command)?;
-    let serving = matches!(cli.command, Command::Serve);
+    let serving = matches!(cli.command, Command::Serve(_));
     cli.nats.check(serving)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -367,19 +368,26 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     let json = cli.json;
     let (result, result_printed) = runtime.block_on(async move {
         if cli.nats.nats.is_some() {
-            return if serving {
-                (
-                    serve::run_service(Output::new(cli.json), &cli.data, &cli.nats).await,
+            if let Command::Serve(a) = &cli.command {
+                let out = Output::new(cli.json);
+                return (
+                    serve::run_service(out, &cli.data, &cli.nats, a).await,
                     false,
-                )
-            } else {
-                remote(cli).await
-            };
+                );
+            }
+            return remote(cli).await;
         }
-        let config = match cli.nats.node_config(&cli.data) {
+        let mut config = match cli.nats.node_config(&cli.data) {
             Ok(c) => c,
             Err(e) => return (Err(e), false),
         };
+        if let Command::Serve(a) = &cli.command {
+            let shared = serve::jetstream_log(&config);
+            match a.work(config.work.clone(), shared) {
+                Ok(w) => config.work = w,
+                Err(e) => return (Err(e), false),
+            }
+        }
         let node = match Node::start(config).await {
             Ok(node) => node,
             Err(e) => return (Err(e), false),
@@ -490,7 +498,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
             .await
         }
         Command::Gc(GcCmd::Status) => gc::status(ctx).await,
-        Command::Serve => serve::run(ctx).await,
+        Command::Serve(_) => serve::run(ctx).await,
         Command::Demo => demo::run(ctx).await,
     }
 }
@@ -600,7 +608,8 @@ fn check_args(command: &Command) -> Result<(), Error> {
             | ExternalCmd::Status { collection: c }
             | ExternalCmd::Cancel { collection: c },
         ) => collection(c),
-        Command::Serve | Command::Demo => Ok(()),
+        Command::Serve(a) => a.check(),
+        Command::Demo => Ok(()),
     }
 }
 

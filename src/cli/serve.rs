@@ -1,11 +1,140 @@
 //! `serve`: hold the node in the foreground until SIGTERM or SIGINT (Ctrl-C), then return so
 //! the caller shuts the node down gracefully (entities finish what they were doing) and the
-//! process exits 0. Work that outlives one command (restores, refreshes: later issues) is
-//! resumed by the node while this runs.
+//! process exits 0. While it runs, the node's reconciler takes part in every unit of work in
+//! the log (design §10): it claims unclaimed or expired restore jobs and copy tasks — a task
+//! of a shard it serves at once, others after the placement delay — and renews what it holds.
 
 use super::Ctx;
 use serde::Serialize;
 use snapvault::Error;
+use snapvault_actors::work::{Scope, WorkConfig};
+use std::collections::BTreeSet;
+
+/// How this node takes part in claimed work.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// This node's id in claims and `restore status` (default: HOST-PID).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Shards this node serves first, e.g. `0,2` (default: all). Copy tasks of other shards
+    /// are taken only after they waited `--placement-delay`.
+    #[arg(long, value_name = "LIST")]
+    pub shards: Option<String>,
+    /// Upper bound on the bytes this node copies per second, over every job (e.g. 20M).
+    #[arg(long, value_name = "RATE")]
+    pub max_bytes_per_sec: Option<String>,
+    /// Most copy tasks this node runs at once (1..=1024, default 8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_tasks: Option<u64>,
+    /// How long a claim lives without renewal (e.g. 15s; 1s..=1h). Failover takes about this.
+    #[arg(long, value_name = "DURATION")]
+    pub claim_ttl: Option<String>,
+    /// How often the reconciler looks for work (e.g. 1s; 10ms..=1m).
+    #[arg(long, value_name = "DURATION")]
+    pub reconcile_interval: Option<String>,
+    /// How long a copy task of a shard this node does not serve must wait (e.g. 2s).
+    #[arg(long, value_name = "DURATION")]
+    pub placement_delay: Option<String>,
+}
+
+/// Longest claim TTL `serve` accepts.
+const MAX_CLAIM_TTL_MS: u64 = 3_600_000;
+/// Most shards one `--shards` list names.
+const MAX_SHARDS_LISTED: usize = 4096;
+
+impl ServeArgs {
+    /// The node's work settings: `Scope::All`, and every flag checked (one clear error).
+    /// On a shared log (`shared`) the default node id is `HOST-PID`, unique per process; on a
+    /// sled directory (one process at a time) it stays `embedded`, so a restarted node takes
+    /// its own unfinished work back at once.
+    pub fn work(&self, mut work: WorkConfig, shared: bool) -> Result<WorkConfig, Error> {
+        work.scope = Scope::All;
+        if let Some(id) = &self.node_id {
+            work.node_id = id.clone();
+        } else if shared {
+            work.node_id = default_node_id();
+        }
+        snapvault_events::domain::claim::validate_node_id(&work.node_id)?;
+        if let Some(list) = &self.shards {
+            work.shards = Some(parse_shards(list)?);
+        }
+        if let Some(rate) = &self.max_bytes_per_sec {
+            work.max_bytes_per_sec = Some(super::restore::parse_bandwidth(rate)?);
+        }
+        if let Some(n) = self.max_tasks {
+            work.max_tasks = n as usize;
+        }
+        let duration = |flag: &str, text: &Option<String>, min: u64, max: u64| {
+            let Some(t) = text else {
+                return Ok(None);
+            };
+            let ms = super::gc::parse_duration_ms(t)?;
+            if ms < min || ms > max {
+                return Err(Error::invalid_argument(format!(
+                    "{flag} must be between {min} ms and {max} ms, got '{}'",
+                    t.escape_debug()
+                )));
+            }
+            Ok(Some(ms))
+        };
+        if let Some(ms) = duration("--claim-ttl", &self.claim_ttl, 1_000, MAX_CLAIM_TTL_MS)? {
+            work.claim_ttl_ms = ms;
+            work.safety_margin_ms = work.safety_margin_ms.min(ms / 3);
+        }
+        if let Some(ms) = duration("--reconcile-interval", &self.reconcile_interval, 10, 60_000)? {
+            work.reconcile_ms = ms;
+        }
+        if let Some(ms) = duration("--placement-delay", &self.placement_delay, 0, 3_600_000)? {
+            work.placement_delay_ms = ms;
+        }
+        Ok(work)
+    }
+
+    /// Check the flags before anything opens (the node id's default is fine).
+    pub fn check(&self) -> Result<(), Error> {
+        self.work(WorkConfig::default(), false).map(|_| ())
+    }
+}
+
+/// `0,2,5` → the shard set.
+fn parse_shards(list: &str) -> Result<BTreeSet<u32>, Error> {
+    let bad = |part: &str| {
+        Error::invalid_argument(format!(
+            "--shards must be a comma-separated list of shard numbers like 0,2, got '{}'",
+            part.escape_debug()
+        ))
+    };
+    let mut out = BTreeSet::new();
+    for part in list.split(',') {
+        let n: u32 = part.trim().parse().map_err(|_| bad(part))?;
+        out.insert(n);
+        if out.len() > MAX_SHARDS_LISTED {
+            return Err(Error::invalid_argument(format!(
+                "--shards names more than {MAX_SHARDS_LISTED} shards"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// `HOST-PID`, from the kernel's host name (ASCII letters, digits, `.`, `-` kept).
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        .take(40)
+        .collect();
+    let host = if host.is_empty() {
+        "node".to_string()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
+}
 
 #[derive(Serialize)]
 struct Status<'a> {
@@ -83,12 +212,14 @@ pub async fn run_service(
     out: super::output::Output,
     data: &std::path::Path,
     args: &super::nats_args::NatsArgs,
+    serve_args: &ServeArgs,
 ) -> Result<(), Error> {
     use snapvault::nats::publisher::{EventPublisher, PublisherConfig};
     use snapvault::nats::requests::{RequestMemory, RequestMemoryConfig};
     use snapvault::nats::{OpTable, ServiceConfig, service};
     let stop = stop_signal()?;
-    let config = args.node_config(data)?;
+    let mut config = args.node_config(data)?;
+    config.work = serve_args.work(config.work.clone(), jetstream_log(&config))?;
     let store_text = match &config.store {
         snapvault::StoreConfig::Local { root } => format!("file://{}", root.display()),
         snapvault::StoreConfig::S3(s3) => format!("s3://{}", s3.bucket),
@@ -164,4 +295,9 @@ pub async fn run_service(
     node.shutdown().await;
     let _ = nats.flush().await;
     Ok(())
+}
+
+/// Is the node's log shared with other processes (JetStream)?
+pub fn jetstream_log(config: &snapvault::NodeConfig) -> bool {
+    matches!(config.log, snapvault::LogConfig::JetStream { .. })
 }

@@ -26,13 +26,8 @@ pub struct RestoreConfig {
     pub single_put_max_bytes: u64,
     pub part_bytes: usize,
     pub parts_in_flight: usize,
-    /// A running job re-reads its stream this often, to see a cancel recorded by another node.
+    /// A job's coordinator looks at its tasks this often.
     pub status_poll_ms: u64,
-    /// A restore target found without its job (a crash inside `restore start`) is dropped at
-    /// start only when it was recorded before the start and is at least this old. One process
-    /// per log (sled) needs no grace; nodes sharing a JetStream log should use a minute, so a
-    /// start in flight on another node is never taken for a crashed one.
-    pub orphan_grace_ms: u64,
 }
 
 impl Default for RestoreConfig {
@@ -47,8 +42,7 @@ impl Default for RestoreConfig {
             single_put_max_bytes: 16 << 20,
             part_bytes: 8 << 20,
             parts_in_flight: 4,
-            status_poll_ms: 1_000,
-            orphan_grace_ms: 0,
+            status_poll_ms: 500,
         }
     }
 }
@@ -74,4 +68,6 @@ pub struct RestoreContext {
     /// Reads snapshot metadata and manifests.
     pub snapshots: SnapshotWorker,
     pub config: RestoreConfig,
+    /// This node's part in claimed work: id, scope, shards, limits, claim timings.
+    pub work: crate::work::WorkConfig,
 }

@@ -9,18 +9,20 @@
 //! verification a server-side `copy` is used (a hard link on the local store, `CopyObject` on
 //! S3) and only sizes are checked: reading the bytes back would double the I/O the copy saved.
 //!
-//! **One task.** [`CopyRunner`] is a ractor actor spawned (linked) by its job's runner. It
-//! rebuilds the task from its stream, copies the files not yet recorded as done (at most the
-//! job's parallelism at once, shared with the job's other tasks through one semaphore, and
-//! within the job's bandwidth limit), records progress in bounded batches, and tells the
-//! job how it ended. A stop signal (cancel or shutdown) stops it between files — and between
-//! chunks of a big file — after recording what was done.
+//! **One task.** [`CopyRunner`] is a ractor actor spawned (linked) by the node's restore
+//! manager once the node holds the task's claim. It rebuilds the task from its stream, copies
+//! the files not yet recorded as done (the task's parallelism at once, within the node's
+//! copies in flight, shared by all its tasks through one semaphore, and within the node's and
+//! the job's bandwidth limits), records progress in bounded batches under its claim's epoch,
+//! and tells the manager how it ended. A stop signal (cancel, a lost or lapsing claim,
+//! shutdown) stops it between files — and between chunks of a big file — after recording what
+//! was done. A record refused because the claim moved on stops it at once (`Lost`).
 
 use crate::copy_audit::record_copy;
 use crate::crash_points::crash_point;
 use crate::restore::context::RestoreContext;
 use crate::restore::copy_task::{CopyItem, CopyTask, copy_items};
-use crate::restore::throttle::Throttle;
+use crate::restore::throttle::Throttles;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
@@ -53,6 +55,9 @@ pub enum TaskOutcome {
     Failed { key: String, reason: String },
     /// Stopped on request; progress so far is recorded.
     Stopped,
+    /// The task's claim was taken by another node (or it ended): this run recorded what it
+    /// could and stopped; nothing is to be released.
+    Lost,
     /// Transient errors outlasted the retries; run the task again later.
     Retry(String),
 }
@@ -66,7 +71,7 @@ pub async fn copy_file(
     store: &dyn ObjectStore,
     item: &CopyItem,
     verify: bool,
-    throttle: Option<&Throttle>,
+    throttle: &Throttles,
     limits: CopyLimits,
     stop: &StopFlag,
 ) -> Result<(), CopyFailure> {
@@ -74,9 +79,7 @@ pub async fn copy_file(
     let dst = Path::from(item.dest.key.as_str());
     let want = &item.dest;
     if !verify {
-        if let Some(t) = throttle {
-            t.take(want.size).await;
-        }
+        throttle.take(want.size).await;
         record_copy(&want.key);
         match store.copy(&src, &dst).await {
             Ok(()) => {}
@@ -103,9 +106,7 @@ pub async fn copy_file(
     if want.size <= limits.single_put_max_bytes {
         // One read of the whole object (the local store reads it in one go; a stream would
         // be many small blocking reads), then the checksum over it, then one put.
-        if let Some(t) = throttle {
-            t.take(want.size).await;
-        }
+        throttle.take(want.size).await;
         if stop.is_set() {
             return Err(CopyFailure::Stopped);
         }
@@ -141,9 +142,7 @@ pub async fn copy_file(
                     return Err(transient(&item.source_key, e));
                 }
             };
-            if let Some(t) = throttle {
-                t.take(chunk.len() as u64).await;
-            }
+            throttle.take(chunk.len() as u64).await;
             crc = crc32c::crc32c_append(crc, &chunk);
             seen += chunk.len() as u64;
             if let Err(e) = w.wait_for_capacity(limits.parts_in_flight).await {
@@ -254,16 +253,20 @@ pub struct CopyRunnerArgs {
     pub ctx: RestoreContext,
     pub job_id: JobId,
     pub task: u32,
+    /// The epoch of this node's claim on the task: every record carries it.
+    pub epoch: u64,
     pub verify: bool,
-    /// The job's file copies in flight (its parallelism), shared by all its tasks.
+    /// The node's file copies in flight, shared by every task it runs.
     pub permits: Arc<Semaphore>,
+    /// File copies of this task in flight at once.
     pub parallelism: usize,
-    pub throttle: Option<Arc<Throttle>>,
+    /// The node's and the job's bandwidth limits.
+    pub throttle: Throttles,
     pub stop: watch::Receiver<bool>,
     /// Trust a destination that exists with the right size (a resumed task: the previous
     /// run may have copied files it did not get to record).
     pub check_existing: bool,
-    pub report: ractor::ActorRef<crate::restore::runner::RunnerMsg>,
+    pub report: ractor::ActorRef<crate::restore::manager::ManagerMsg>,
 }
 
 pub enum CopyRunnerMsg {
@@ -296,8 +299,10 @@ impl Actor for CopyRunner {
         let outcome = run_task(args).await;
         let _ = args
             .report
-            .send_message(crate::restore::runner::RunnerMsg::TaskFinished {
+            .send_message(crate::restore::manager::ManagerMsg::TaskFinished {
+                job: args.job_id,
                 task: args.task,
+                epoch: args.epoch,
                 outcome,
             });
         myself.stop(None);
@@ -309,12 +314,21 @@ fn is_transient(e: &Error) -> bool {
     matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict)
 }
 
+/// Why a progress record did not land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RecordFailure {
+    /// The log kept failing: run the task again later.
+    Retry(String),
+    /// The claim is gone (another node holds the task, or it ended): stop at once.
+    Lost(String),
+}
+
 /// A progress record in flight (see [`run_task`]).
 type RecordFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RecordFailure>> + Send + 'a>>;
 
 /// Record `files` as copied, retrying transient log errors a bounded number of times.
-async fn record(args: &CopyRunnerArgs, stream: &str, files: Vec<u32>) -> Result<(), String> {
+async fn record(args: &CopyRunnerArgs, stream: &str, files: Vec<u32>) -> Result<(), RecordFailure> {
     if files.is_empty() {
         return Ok(());
     }
@@ -328,6 +342,7 @@ async fn record(args: &CopyRunnerArgs, stream: &str, files: Vec<u32>) -> Result<
                 stream,
                 CopyTaskCommand::RecordCopied {
                     files: files.clone(),
+                    epoch: args.epoch,
                 },
                 args.job_id,
             )
@@ -341,10 +356,13 @@ async fn record(args: &CopyRunnerArgs, stream: &str, files: Vec<u32>) -> Result<
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 delay_ms = (delay_ms * 2).min(cfg.retry_max_ms.max(1));
             }
-            Err(e) => return Err(format!("cannot record progress: {e}")),
+            Err(e) if e.code == ErrorCode::FailedPrecondition => {
+                return Err(RecordFailure::Lost(e.message));
+            }
+            Err(e) => return Err(RecordFailure::Retry(format!("cannot record progress: {e}"))),
         }
     }
-    Err("cannot record progress".into())
+    Err(RecordFailure::Retry("cannot record progress".into()))
 }
 
 /// Copy one item with retries; `Ok(true)` when it was already there.
@@ -371,7 +389,7 @@ async fn copy_with_retries(
             store,
             item,
             args.verify,
-            args.throttle.as_deref(),
+            &args.throttle,
             cfg.copy_limits(),
             stop,
         )
@@ -405,14 +423,18 @@ pub async fn run_task(args: &CopyRunnerArgs) -> TaskOutcome {
                     .filter(|i| !s.is_done(i.ordinal))
                     .collect::<Vec<_>>(),
                 s.files_done,
+                s.claim.holder.as_ref().map(|c| c.epoch),
             )
         })
         .await;
-    let (status, failure, todo, files_done) = match loaded {
+    let (status, failure, todo, files_done, holder_epoch) = match loaded {
         Ok(x) => x,
         Err(e) => return TaskOutcome::Retry(format!("cannot load copy task {}: {e}", args.task)),
     };
     match status {
+        Some(CopyTaskStatus::Planned) if holder_epoch != Some(args.epoch) => {
+            return TaskOutcome::Lost;
+        }
         Some(CopyTaskStatus::Planned) => {}
         Some(CopyTaskStatus::Completed) => return TaskOutcome::Done,
         Some(CopyTaskStatus::Failed) => {
@@ -431,6 +453,7 @@ pub async fn run_task(args: &CopyRunnerArgs) -> TaskOutcome {
     let mut last_record = tokio::time::Instant::now();
     let mut failure: Option<(String, String)> = None;
     let mut retry: Option<String> = None;
+    let mut lost = false;
     let mut stopped = false;
     {
         let me = &me;
@@ -461,9 +484,17 @@ pub async fn run_task(args: &CopyRunnerArgs) -> TaskOutcome {
                 }, if recording.is_some() => {
                     recording = None;
                     last_record = tokio::time::Instant::now();
-                    if let Err(e) = recorded {
-                        stop.set_local();
-                        retry.get_or_insert(e);
+                    match recorded {
+                        Ok(()) => {}
+                        Err(RecordFailure::Retry(e)) => {
+                            stop.set_local();
+                            retry.get_or_insert(e);
+                        }
+                        Err(RecordFailure::Lost(e)) => {
+                            tracing::info!(job = args.job_id, task = args.task, reason = %e, "copy task claim lost; stopping");
+                            stop.set_local();
+                            lost = true;
+                        }
                     }
                 }
                 next = copies.next(), if !copies_done => match next {
@@ -491,8 +522,17 @@ pub async fn run_task(args: &CopyRunnerArgs) -> TaskOutcome {
             }
         }
     }
-    if let Err(e) = record(args, &stream, batch).await {
-        retry.get_or_insert(e);
+    if !lost {
+        match record(args, &stream, batch).await {
+            Ok(()) => {}
+            Err(RecordFailure::Retry(e)) => {
+                retry.get_or_insert(e);
+            }
+            Err(RecordFailure::Lost(_)) => lost = true,
+        }
+    }
+    if lost {
+        return TaskOutcome::Lost;
     }
     if let Some((key, reason)) = failure {
         let failed = registry
@@ -501,12 +541,14 @@ pub async fn run_task(args: &CopyRunnerArgs) -> TaskOutcome {
                 CopyTaskCommand::Fail {
                     key: key.clone(),
                     reason: reason.clone(),
+                    epoch: args.epoch,
                 },
                 args.job_id,
             )
             .await;
         return match failed {
             Ok(_) => TaskOutcome::Failed { key, reason },
+            Err(e) if e.code == ErrorCode::FailedPrecondition => TaskOutcome::Lost,
             Err(e) => TaskOutcome::Retry(format!("cannot record the failure of '{key}': {e}")),
         };
     }
@@ -517,13 +559,18 @@ pub async fn run_task(args: &CopyRunnerArgs) -> TaskOutcome {
         return TaskOutcome::Stopped;
     }
     match registry
-        .execute::<CopyTask>(&stream, CopyTaskCommand::Complete, args.job_id)
+        .execute::<CopyTask>(
+            &stream,
+            CopyTaskCommand::Complete { epoch: args.epoch },
+            args.job_id,
+        )
         .await
     {
         Ok(_) => {
             registry.release(&stream);
             TaskOutcome::Done
         }
+        Err(e) if e.code == ErrorCode::FailedPrecondition => TaskOutcome::Lost,
         Err(e) => TaskOutcome::Retry(format!("cannot complete copy task {}: {e}", args.task)),
     }
 }

@@ -6,9 +6,11 @@
 //! recorded (or copied, by a resumed worker) again.
 
 use crate::aggregate::Aggregate;
+use crate::claim::ClaimState;
 use serde::{Deserialize, Serialize};
 use snapvault_events::Error;
 use snapvault_events::domain::FileRef;
+use snapvault_events::domain::claim::ClaimCommand;
 use snapvault_events::domain::restore::{
     CopyTaskCommand, CopyTaskEvent, CopyTaskStatus, MAX_FILES_PER_PLAN, PlannedSegment,
     bounded_reason,
@@ -62,6 +64,8 @@ pub struct CopyTaskState {
     pub bytes_total: u64,
     pub failure: Option<(String, String)>,
     pub last_progress_ms: u64,
+    /// Which node copies the task's files (design §10).
+    pub claim: ClaimState,
 }
 
 impl CopyTaskState {
@@ -155,13 +159,32 @@ impl Aggregate for CopyTask {
                     segments: segments.clone(),
                 }])
             }
-            C::RecordCopied { files } => {
+            C::Claim(claim) => match s.status {
+                Some(S::Planned) => Ok(s
+                    .claim
+                    .decide(claim, now_ms, &s.label())?
+                    .into_iter()
+                    .map(E::Claim)
+                    .collect()),
+                None => Err(Error::not_found("copy task not found")),
+                // An ended task is not claimed; renewing or releasing it changes nothing.
+                Some(_) if matches!(claim, ClaimCommand::Claim { .. }) => Err(
+                    Error::failed_precondition(format!("{} has ended", s.label())),
+                ),
+                Some(_) => Ok(s
+                    .claim
+                    .decide(claim, now_ms, &s.label())
+                    .map(|e| e.into_iter().map(E::Claim).collect())
+                    .unwrap_or_default()),
+            },
+            C::RecordCopied { files, epoch } => {
                 match s.status {
                     Some(S::Planned) => {}
                     None => return Err(Error::not_found("copy task not found")),
                     // Late progress after the end changes nothing.
                     Some(_) => return Ok(vec![]),
                 }
+                s.claim.fence(*epoch, &s.label())?;
                 if files.len() > s.done.len() {
                     return Err(Error::invalid_argument(format!(
                         "{} has {} files; {} recorded at once",
@@ -195,16 +218,20 @@ impl Aggregate for CopyTask {
                     }]
                 })
             }
-            C::Complete => match s.status {
-                Some(S::Planned) if s.files_done == s.files_total => {
-                    Ok(vec![E::Completed { at_ms: now_ms }])
+            C::Complete { epoch } => match s.status {
+                Some(S::Planned) => {
+                    s.claim.fence(*epoch, &s.label())?;
+                    if s.files_done == s.files_total {
+                        Ok(vec![E::Completed { at_ms: now_ms }])
+                    } else {
+                        Err(Error::failed_precondition(format!(
+                            "{} has copied {} of {} files",
+                            s.label(),
+                            s.files_done,
+                            s.files_total
+                        )))
+                    }
                 }
-                Some(S::Planned) => Err(Error::failed_precondition(format!(
-                    "{} has copied {} of {} files",
-                    s.label(),
-                    s.files_done,
-                    s.files_total
-                ))),
                 Some(S::Completed) => Ok(vec![]),
                 Some(S::Failed) => Err(Error::failed_precondition(format!(
                     "{} failed; it cannot complete",
@@ -212,12 +239,15 @@ impl Aggregate for CopyTask {
                 ))),
                 None => Err(Error::not_found("copy task not found")),
             },
-            C::Fail { key, reason } => match s.status {
-                Some(S::Planned) => Ok(vec![E::Failed {
-                    key: key.clone(),
-                    reason: bounded_reason(reason),
-                    at_ms: now_ms,
-                }]),
+            C::Fail { key, reason, epoch } => match s.status {
+                Some(S::Planned) => {
+                    s.claim.fence(*epoch, &s.label())?;
+                    Ok(vec![E::Failed {
+                        key: key.clone(),
+                        reason: bounded_reason(reason),
+                        at_ms: now_ms,
+                    }])
+                }
                 Some(S::Failed) => Ok(vec![]),
                 Some(S::Completed) => Err(Error::failed_precondition(format!(
                     "{} completed; it cannot fail",
@@ -264,12 +294,15 @@ impl Aggregate for CopyTask {
             E::Completed { at_ms } => {
                 s.status = Some(CopyTaskStatus::Completed);
                 s.last_progress_ms = *at_ms;
+                s.claim.end(*at_ms);
             }
             E::Failed { key, reason, at_ms } => {
                 s.status = Some(CopyTaskStatus::Failed);
                 s.failure = Some((key.clone(), reason.clone()));
                 s.last_progress_ms = *at_ms;
+                s.claim.end(*at_ms);
             }
+            E::Claim(c) => s.claim.evolve(c),
         }
     }
 }

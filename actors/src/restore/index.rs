@@ -2,30 +2,33 @@
 //! whole log — so any client on any node can read a job's state, files and bytes done, rate
 //! and ETA, during and after the job and after a restart, without asking the node running it.
 //!
-//! It also finds what a crash can leave between the steps of `restore start` (the target is
-//! created and reserved first, the lease taken, then the job recorded): targets in `Restoring`
-//! whose job was never recorded, and snapshot leases of jobs that do not exist.
+//! It is also what every node's reconciler reads to find work (design §10): each job's and
+//! each task's claim (holder, epoch, deadline), each task's shard, and per node the bytes it
+//! copied recently.
 //!
-//! Memory: per job its state (task summaries, not file lists), per task a few counters, and
-//! a bounded ring of progress samples per job for the rate.
+//! Memory: per job its state (task summaries, not file lists), per task a few counters and
+//! its claim, and bounded rings of progress samples per job and per node for the rates.
 
 use crate::aggregate::Aggregate;
+use crate::claim::ClaimState;
 use crate::projection::{Fold, Projection};
 use crate::restore::job::{RestoreJob, RestoreJobState};
 use serde::{Deserialize, Serialize};
 use snapvault_events::codec::decode;
-use snapvault_events::domain::collection::CollectionEvent;
+use snapvault_events::domain::JobId;
 use snapvault_events::domain::restore::{
     CopyTaskEvent, CopyTaskStatus, RestoreEvent, RestoreStatus, parse_copy_task_stream,
 };
-use snapvault_events::domain::snapshot::SnapshotEvent;
-use snapvault_events::domain::{CollectionId, JobId};
 use snapvault_events::{Envelope, Error, EventLog, LogError};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// Progress samples kept per job for the rate.
 const MAX_RATE_SAMPLES: usize = 256;
+/// Progress samples kept per node of a job for its rate.
+const MAX_NODE_RATE_SAMPLES: usize = 64;
+/// Nodes whose rates one job keeps (the newest to copy for it).
+const MAX_NODES_PER_JOB: usize = 64;
 /// The rate is measured over this much recent time.
 pub const RATE_WINDOW_MS: u64 = 30_000;
 
@@ -39,6 +42,10 @@ pub struct TaskProgress {
     pub bytes_done: u64,
     /// `key: reason` of the file that failed it.
     pub failure: Option<String>,
+    /// The shard of the task's segments (one shard per task).
+    pub shard: u32,
+    /// Which node copies it.
+    pub claim: ClaimState,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -51,48 +58,70 @@ pub struct JobEntry {
     samples: VecDeque<(u64, u64)>,
     /// Global position of the job's first event.
     pub first_position: u64,
+    /// Per node that copied for the job: (time, bytes it copied so far) samples.
+    node_samples: BTreeMap<String, VecDeque<(u64, u64)>>,
 }
 
 impl JobEntry {
     /// Bytes per second over the last `RATE_WINDOW_MS` before `now_ms` (0 when idle).
     pub fn rate_bytes_per_sec(&self, now_ms: u64) -> u64 {
-        let since = now_ms.saturating_sub(RATE_WINDOW_MS);
-        let Some(&(last_ms, last_bytes)) = self.samples.back() else {
-            return 0;
-        };
-        if last_ms < since {
-            return 0;
-        }
-        // The newest sample before the window is the window's baseline (or the first one).
-        let base = self
-            .samples
+        rate_of(&self.samples, now_ms)
+    }
+
+    /// Each node that copied for the job recently, with its bytes per second.
+    pub fn node_rates(&self, now_ms: u64) -> BTreeMap<String, u64> {
+        self.node_samples
             .iter()
-            .rev()
-            .find(|(t, _)| *t <= since)
-            .or_else(|| self.samples.front())
-            .copied()
-            .unwrap_or((last_ms, last_bytes));
-        let span_ms = now_ms.saturating_sub(base.0).max(1);
-        let bytes = last_bytes.saturating_sub(base.1);
-        bytes.saturating_mul(1000) / span_ms
+            .map(|(n, s)| (n.clone(), rate_of(s, now_ms)))
+            .collect()
+    }
+
+    fn sample_node(&mut self, node: &str, at_ms: u64, bytes: u64) {
+        if !self.node_samples.contains_key(node) && self.node_samples.len() >= MAX_NODES_PER_JOB {
+            // Forget the node that copied least recently.
+            let oldest = self
+                .node_samples
+                .iter()
+                .min_by_key(|(_, s)| s.back().map_or(0, |x| x.0))
+                .map(|(n, _)| n.clone());
+            if let Some(n) = oldest {
+                self.node_samples.remove(&n);
+            }
+        }
+        let samples = self.node_samples.entry(node.to_string()).or_default();
+        let total = samples.back().map_or(0, |x| x.1) + bytes;
+        samples.push_back((at_ms, total));
+        if samples.len() > MAX_NODE_RATE_SAMPLES {
+            samples.pop_front();
+        }
     }
 }
 
-/// A `Restoring` collection seen in the log, with its job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestoringTarget {
-    pub job_id: JobId,
-    pub position: u64,
-    pub created_ms: u64,
+/// Bytes per second over the last `RATE_WINDOW_MS` of (time, cumulative bytes) samples.
+fn rate_of(samples: &VecDeque<(u64, u64)>, now_ms: u64) -> u64 {
+    let since = now_ms.saturating_sub(RATE_WINDOW_MS);
+    let Some(&(last_ms, last_bytes)) = samples.back() else {
+        return 0;
+    };
+    if last_ms < since {
+        return 0;
+    }
+    // The newest sample before the window is the window's baseline (or the first one).
+    let base = samples
+        .iter()
+        .rev()
+        .find(|(t, _)| *t <= since)
+        .or_else(|| samples.front())
+        .copied()
+        .unwrap_or((last_ms, last_bytes));
+    let span_ms = now_ms.saturating_sub(base.0).max(1);
+    let bytes = last_bytes.saturating_sub(base.1);
+    bytes.saturating_mul(1000) / span_ms
 }
 
 #[derive(Default)]
 pub struct Tables {
     jobs: BTreeMap<JobId, JobEntry>,
-    /// Collections created by a restore and not yet completed or dropped.
-    restoring: BTreeMap<CollectionId, RestoringTarget>,
-    /// Snapshot leases held, with the position they were taken at.
-    leases: BTreeMap<(u64, JobId), u64>,
     /// Task events seen before their job's first event (cannot happen in one log; kept so a
     /// log written by several nodes is still folded exactly).
     orphan_tasks: BTreeMap<JobId, BTreeMap<u32, TaskProgress>>,
@@ -114,7 +143,9 @@ impl Tables {
                 let items = crate::restore::copy_task::copy_items(segments);
                 t.files_total = items.len() as u64;
                 t.bytes_total = items.iter().map(|i| i.dest.size).sum();
+                t.shard = segments.first().map_or(0, |p| p.segment.shard);
             }
+            CopyTaskEvent::Claim(c) => t.claim.evolve(c),
             CopyTaskEvent::FilesCopied {
                 files,
                 bytes,
@@ -122,20 +153,29 @@ impl Tables {
             } => {
                 t.files_done += files.len() as u64;
                 t.bytes_done += bytes;
-                progressed = Some((files.len() as u64, *bytes, *at_ms));
+                let node = t.claim.holder.as_ref().map(|c| c.node.clone());
+                progressed = Some((files.len() as u64, *bytes, *at_ms, node));
             }
-            CopyTaskEvent::Completed { .. } => t.status = Some(CopyTaskStatus::Completed),
-            CopyTaskEvent::Failed { key, reason, .. } => {
+            CopyTaskEvent::Completed { at_ms } => {
+                t.status = Some(CopyTaskStatus::Completed);
+                t.claim.end(*at_ms);
+            }
+            CopyTaskEvent::Failed { key, reason, at_ms } => {
                 t.status = Some(CopyTaskStatus::Failed);
                 t.failure = Some(format!("{key}: {reason}"));
+                t.claim.end(*at_ms);
             }
         }
-        if let (Some((files, bytes, at_ms)), Some(e)) = (progressed, self.jobs.get_mut(&job)) {
+        if let (Some((files, bytes, at_ms, node)), Some(e)) = (progressed, self.jobs.get_mut(&job))
+        {
             e.files_done += files;
             e.bytes_done += bytes;
             e.samples.push_back((at_ms, e.bytes_done));
             if e.samples.len() > MAX_RATE_SAMPLES {
                 e.samples.pop_front();
+            }
+            if let Some(node) = node {
+                e.sample_node(&node, at_ms, bytes);
             }
         }
         Ok(())
@@ -164,57 +204,9 @@ impl Fold for Tables {
             RestoreJob::evolve(&mut entry.state, &event);
         } else if let Some((job, task)) = parse_copy_task_stream(&env.stream) {
             self.apply_task(job, task, env)?;
-        } else if let Some(sid) = stream_id(&env.stream, "snapshot-")
-            && matches!(env.event_type.as_str(), "LeaseTaken" | "LeaseReleased")
-        {
-            match decode::<SnapshotEvent>(env)? {
-                SnapshotEvent::LeaseTaken { job_id } => {
-                    self.leases.insert((sid, job_id), env.position);
-                }
-                SnapshotEvent::LeaseReleased { job_id } => {
-                    self.leases.remove(&(sid, job_id));
-                }
-                _ => {}
-            }
-        } else if let Some(cid) = stream_id(&env.stream, "collection-")
-            && matches!(
-                env.event_type.as_str(),
-                "Created" | "RestoreCompleted" | "Dropped"
-            )
-        {
-            match decode::<CollectionEvent>(env)? {
-                CollectionEvent::Created {
-                    restoring_job: Some(job_id),
-                    status: snapvault_events::domain::collection::CollectionStatus::Restoring,
-                    created_ms,
-                    ..
-                } => {
-                    self.restoring.insert(
-                        cid,
-                        RestoringTarget {
-                            job_id,
-                            position: env.position,
-                            created_ms,
-                        },
-                    );
-                }
-                CollectionEvent::RestoreCompleted { .. } | CollectionEvent::Dropped => {
-                    self.restoring.remove(&cid);
-                }
-                _ => {}
-            }
         }
         Ok(())
     }
-}
-
-/// What a crash can leave for the resume at start.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RestoreUnfinished {
-    /// Jobs not Completed, Failed or Cancelled.
-    pub jobs: Vec<JobId>,
-    /// `Restoring` targets whose job was never recorded: (collection, job, position, time).
-    pub orphan_targets: Vec<(CollectionId, RestoringTarget)>,
 }
 
 #[derive(Clone)]
@@ -271,30 +263,17 @@ impl RestoreIndex {
             .await
     }
 
-    /// Unfinished jobs and orphan targets.
-    pub async fn unfinished(&self) -> Result<RestoreUnfinished, Error> {
+    /// Every job not yet Completed, Failed or Cancelled, with its tasks and claims: what a
+    /// reconciler looks at.
+    pub async fn unfinished(&self) -> Result<Vec<JobEntry>, Error> {
         self.projection
             .read(|t| {
-                let mut u = RestoreUnfinished::default();
-                for (id, e) in &t.jobs {
-                    if !e.state.status.is_some_and(RestoreStatus::is_terminal) {
-                        u.jobs.push(*id);
-                    }
-                }
-                for (cid, target) in &t.restoring {
-                    if !t.jobs.contains_key(&target.job_id) {
-                        u.orphan_targets.push((*cid, *target));
-                    }
-                }
-                u
+                t.jobs
+                    .values()
+                    .filter(|e| !e.state.status.is_some_and(RestoreStatus::is_terminal))
+                    .cloned()
+                    .collect()
             })
-            .await
-    }
-
-    /// Where the lease of `job` on `snapshot` was taken (`u64::MAX` when it is not held).
-    pub async fn lease_position(&self, snapshot: u64, job: JobId) -> Result<u64, Error> {
-        self.projection
-            .read(|t| t.leases.get(&(snapshot, job)).copied().unwrap_or(u64::MAX))
             .await
     }
 

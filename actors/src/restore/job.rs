@@ -9,9 +9,11 @@
 //! sends them resumes after crashes and may ask twice.
 
 use crate::aggregate::Aggregate;
+use crate::claim::ClaimState;
 use serde::{Deserialize, Serialize};
 use snapvault_events::Error;
 use snapvault_events::domain::JobId;
+use snapvault_events::domain::claim::ClaimCommand;
 use snapvault_events::domain::restore::{
     MAX_PARALLELISM, MAX_REQUESTED_PARTITIONS, MAX_TASKS_PER_EVENT, RestoreCommand, RestoreEvent,
     RestoreRequest, RestoreStatus, RestoreTotals, TaskSummary, bounded_reason,
@@ -39,6 +41,8 @@ pub struct RestoreJobState {
     pub rollback_started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
     pub objects_deleted: u64,
+    /// Which node coordinates the job (design §10).
+    pub claim: ClaimState,
 }
 
 impl RestoreJobState {
@@ -120,7 +124,7 @@ impl Aggregate for RestoreJob {
             return Err(Error::not_found("restore job not found"));
         }
         match command {
-            C::Request { request } => {
+            C::Request { request, claim } => {
                 if let Some(existing) = &s.request {
                     return if existing == request {
                         Ok(vec![])
@@ -132,10 +136,32 @@ impl Aggregate for RestoreJob {
                     };
                 }
                 check_request(request)?;
-                Ok(vec![E::Requested {
+                let mut out = vec![E::Requested {
                     request: request.clone(),
                     requested_ms: now_ms,
-                }])
+                }];
+                if let Some(claim) = claim {
+                    let label = format!("restore job {}", request.job_id);
+                    out.extend(
+                        s.claim
+                            .decide(claim, now_ms, &label)?
+                            .into_iter()
+                            .map(E::Claim),
+                    );
+                }
+                Ok(out)
+            }
+            C::Claim(claim) => {
+                let ended = s.status.is_some_and(RestoreStatus::is_terminal);
+                if ended && matches!(claim, ClaimCommand::Claim { .. }) {
+                    return Err(s.refuse("an ended job is not claimed"));
+                }
+                Ok(s
+                    .claim
+                    .decide(claim, now_ms, &s.label())?
+                    .into_iter()
+                    .map(E::Claim)
+                    .collect())
             }
             C::ReserveIds { first, count } => match (s.status, s.ids) {
                 (_, Some(ids)) if ids == (*first, *count) => Ok(vec![]),
@@ -324,6 +350,7 @@ impl Aggregate for RestoreJob {
                 s.status = Some(S::Completed);
                 s.completed_ms = Some(*completed_ms);
                 s.finished_ms = Some(*completed_ms);
+                s.claim.end(*completed_ms);
             }
             E::RollbackStarted {
                 reason,
@@ -342,7 +369,9 @@ impl Aggregate for RestoreJob {
                 s.status = Some(if s.cancelled { S::Cancelled } else { S::Failed });
                 s.objects_deleted = *objects_deleted;
                 s.finished_ms = Some(*at_ms);
+                s.claim.end(*at_ms);
             }
+            E::Claim(c) => s.claim.evolve(c),
         }
     }
 }

@@ -6,10 +6,12 @@
 //! - [`plan`]: the pure, deterministic planner (segments → tasks, new ids, destination keys).
 //! - [`steps`]: the job's effects, each idempotent: target, lease, plan, commit, rollback.
 //! - [`copier`]: one file's checked copy, and the copy-task actor.
-//! - [`runner`]: the job runner actor, parent of its copy-task actors.
-//! - [`manager`]: the supervisor of this node's runners; [`Restores`] is the node's handle.
-//! - [`index`]: the projection of every job and its progress, for status from anywhere.
-//! - [`throttle`]: the job's bandwidth limit.
+//! - [`runner`]: the job runner actor: coordinates one job on the node holding its claim.
+//! - [`manager`]: this node's reconciler and the supervisor of its runners and copy tasks,
+//!   claimed from the log (design §10); [`Restores`] is the node's handle.
+//! - [`index`]: the projection of every job, its progress and its claims, for status from
+//!   anywhere and for every node's reconciler.
+//! - [`throttle`]: bandwidth limits (per node, per job).
 
 pub mod context;
 pub mod copier;
@@ -30,14 +32,14 @@ pub use copy_task::{CopyTask, CopyTaskState};
 pub use index::RestoreIndex;
 pub use job::{RestoreJob, RestoreJobState};
 
-use manager::{ManagerMsg, RestoreManager};
+use manager::{Held, ManagerArgs, ManagerMsg, RestoreManager};
 use ractor::{Actor, ActorRef};
 use snapvault_events::Error;
 use snapvault_events::domain::JobId;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// The node's handle on restore work: the runner supervisor and the index.
+/// The node's handle on restore work: its manager (reconciler, runners, copies) and the index.
 #[derive(Clone)]
 pub struct Restores {
     manager: ActorRef<ManagerMsg>,
@@ -48,7 +50,11 @@ pub struct Restores {
 impl Restores {
     pub async fn start(ctx: RestoreContext) -> Result<Restores, Error> {
         let index = RestoreIndex::start(ctx.log.clone());
-        let (manager, _) = Actor::spawn(None, RestoreManager, ctx.clone())
+        let args = ManagerArgs {
+            ctx: ctx.clone(),
+            index: index.clone(),
+        };
+        let (manager, _) = Actor::spawn(None, RestoreManager, args)
             .await
             .map_err(|e| Error::internal(format!("cannot start the restore manager: {e}")))?;
         Ok(Restores {
@@ -58,14 +64,20 @@ impl Restores {
         })
     }
 
-    /// Run `job` on this node (a no-op when it already runs here).
-    pub fn run(&self, job: JobId, resumed: bool) {
-        let _ = self.manager.send_message(ManagerMsg::Run { job, resumed });
+    /// This node's id in claims.
+    pub fn node_id(&self) -> &str {
+        &self.ctx.work.node_id
     }
 
-    /// The job's cancel is recorded: stop its copies so it rolls back.
-    pub fn cancelled(&self, job: JobId) {
-        let _ = self.manager.send_message(ManagerMsg::Cancelled { job });
+    /// Take part in `job` on this node even in a one-shot process (it started the job, or
+    /// waits for it); with `claim`, the caller already holds the job's coordination.
+    pub fn adopt(&self, job: JobId, claim: Option<Held>) {
+        let _ = self.manager.send_message(ManagerMsg::Adopt { job, claim });
+    }
+
+    /// Something was recorded here that this node's copies must react to (a cancel).
+    pub fn poke(&self) {
+        let _ = self.manager.send_message(ManagerMsg::Poke);
     }
 
     /// Is `job` being driven by this node?
@@ -81,8 +93,9 @@ impl Restores {
         rx.await.unwrap_or(false)
     }
 
-    /// Stop every runner (progress is recorded; the jobs resume at the next start), at most
-    /// `wait` long, then the manager and the index.
+    /// Stop every runner and copy (progress is recorded; their claims are released or lapse,
+    /// and another node — or the next process — takes the work over), at most `wait` long,
+    /// then the manager and the index.
     pub async fn shutdown(&self, wait: Duration) {
         let (done, rx) = oneshot::channel();
         if self

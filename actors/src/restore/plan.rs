@@ -343,7 +343,7 @@ mod tests {
     fn tasks_group_one_shard_and_respect_the_file_bound() {
         let mut p = Planner::new(ctx());
         let mut tasks = Vec::new();
-        let keys: Vec<String> = (0..100).map(|i| format!("d/{i}")).collect();
+        let keys: Vec<String> = (0..30).map(|i| format!("d/{i}")).collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         for i in 0..10u64 {
             let shard = (i % 2) as u32;

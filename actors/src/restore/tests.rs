@@ -6,6 +6,7 @@ use crate::restore::copy_task::{CopyTask, copy_items};
 use crate::restore::job::RestoreJob;
 use snapvault_events::ErrorCode;
 use snapvault_events::domain::FileRef;
+use snapvault_events::domain::claim::{ClaimCommand, ClaimEvent};
 use snapvault_events::domain::collection::SegmentRecord;
 use snapvault_events::domain::restore::*;
 
@@ -55,7 +56,13 @@ fn totals(n: u32) -> RestoreTotals {
 /// A job planned with `n` tasks and started.
 fn running(n: u32) -> Vec<RestoreEvent> {
     let mut g = Vec::new();
-    run(&mut g, RestoreCommand::Request { request: request() });
+    run(
+        &mut g,
+        RestoreCommand::Request {
+            request: request(),
+            claim: None,
+        },
+    );
     run(
         &mut g,
         RestoreCommand::ReserveIds {
@@ -103,7 +110,10 @@ fn a_job_runs_from_pending_to_completed() {
 fn every_step_repeated_is_a_no_op() {
     let mut g = running(1);
     for cmd in [
-        RestoreCommand::Request { request: request() },
+        RestoreCommand::Request {
+            request: request(),
+            claim: None,
+        },
         RestoreCommand::ReserveIds {
             first: 100,
             count: 10,
@@ -124,7 +134,13 @@ fn every_step_repeated_is_a_no_op() {
 #[test]
 fn a_plan_must_be_recorded_in_order_and_the_same_again() {
     let mut g = Vec::new();
-    run(&mut g, RestoreCommand::Request { request: request() });
+    run(
+        &mut g,
+        RestoreCommand::Request {
+            request: request(),
+            claim: None,
+        },
+    );
     assert_eq!(
         job_code(
             &g,
@@ -261,7 +277,13 @@ fn bad_requests_are_refused() {
     let bad = |f: fn(&mut RestoreRequest)| {
         let mut r = request();
         f(&mut r);
-        job_code(&[], RestoreCommand::Request { request: r })
+        job_code(
+            &[],
+            RestoreCommand::Request {
+                request: r,
+                claim: None,
+            },
+        )
     };
     assert_eq!(bad(|r| r.job_id = 0), ErrorCode::InvalidArgument);
     assert_eq!(
@@ -286,11 +308,23 @@ fn bad_requests_are_refused() {
     );
     assert_eq!(job_code(&[], RestoreCommand::Cancel), ErrorCode::NotFound);
     let mut g = Vec::new();
-    run(&mut g, RestoreCommand::Request { request: request() });
+    run(
+        &mut g,
+        RestoreCommand::Request {
+            request: request(),
+            claim: None,
+        },
+    );
     let mut other = request();
     other.target_name = "other".into();
     assert_eq!(
-        job_code(&g, RestoreCommand::Request { request: other }),
+        job_code(
+            &g,
+            RestoreCommand::Request {
+                request: other,
+                claim: None,
+            }
+        ),
         ErrorCode::AlreadyExists
     );
 }
@@ -321,6 +355,14 @@ fn planned() -> Vec<PlannedSegment> {
         .collect()
 }
 
+fn claim(node: &str, deadline_ms: u64) -> CopyTaskCommand {
+    CopyTaskCommand::Claim(ClaimCommand::Claim {
+        node: node.into(),
+        deadline_ms,
+        take_over_own: false,
+    })
+}
+
 fn plan() -> CopyTaskCommand {
     CopyTaskCommand::Plan {
         job_id: 5,
@@ -349,12 +391,14 @@ fn copy_items_map_destinations_back_to_their_sources() {
 fn progress_counts_each_file_once_and_completion_needs_them_all() {
     let mut g = Vec::new();
     task_run(&mut g, plan());
+    task_run(&mut g, claim("a", 1_000));
     let (again, _) = given_when::<CopyTask>(&g, plan(), 0);
     assert_eq!(again.unwrap(), vec![], "the same plan again is a no-op");
     let first = task_run(
         &mut g,
         CopyTaskCommand::RecordCopied {
             files: vec![0, 1, 1],
+            epoch: 1,
         },
     );
     assert_eq!(
@@ -365,7 +409,13 @@ fn progress_counts_each_file_once_and_completion_needs_them_all() {
             at_ms: 7
         }]
     );
-    let second = task_run(&mut g, CopyTaskCommand::RecordCopied { files: vec![1, 2] });
+    let second = task_run(
+        &mut g,
+        CopyTaskCommand::RecordCopied {
+            files: vec![1, 2],
+            epoch: 1,
+        },
+    );
     assert_eq!(
         second,
         vec![CopyTaskEvent::FilesCopied {
@@ -375,7 +425,7 @@ fn progress_counts_each_file_once_and_completion_needs_them_all() {
         }]
     );
     assert_eq!(
-        given_when::<CopyTask>(&g, CopyTaskCommand::Complete, 0)
+        given_when::<CopyTask>(&g, CopyTaskCommand::Complete { epoch: 1 }, 0)
             .0
             .unwrap_err()
             .code,
@@ -385,9 +435,10 @@ fn progress_counts_each_file_once_and_completion_needs_them_all() {
         &mut g,
         CopyTaskCommand::RecordCopied {
             files: vec![3, 4, 5],
+            epoch: 1,
         },
     );
-    task_run(&mut g, CopyTaskCommand::Complete);
+    task_run(&mut g, CopyTaskCommand::Complete { epoch: 1 });
     let s = CopyTask::replay(&g);
     assert_eq!((s.files_done, s.bytes_done), (6, 120));
     assert_eq!(s.status, Some(CopyTaskStatus::Completed));
@@ -396,7 +447,8 @@ fn progress_counts_each_file_once_and_completion_needs_them_all() {
             &g,
             CopyTaskCommand::Fail {
                 key: "k".into(),
-                reason: "r".into()
+                reason: "r".into(),
+                epoch: 1,
             },
             0
         )
@@ -437,8 +489,15 @@ fn a_task_refuses_bad_plans_and_unknown_files() {
     );
     let mut g = Vec::new();
     task_run(&mut g, plan());
+    task_run(&mut g, claim("a", 1_000));
     assert_eq!(
-        code(&g, CopyTaskCommand::RecordCopied { files: vec![99] }),
+        code(
+            &g,
+            CopyTaskCommand::RecordCopied {
+                files: vec![99],
+                epoch: 1
+            }
+        ),
         ErrorCode::InvalidArgument
     );
     let mut moved = planned();
@@ -454,4 +513,110 @@ fn a_task_refuses_bad_plans_and_unknown_files() {
         ),
         ErrorCode::AlreadyExists
     );
+}
+
+/// Given a task claimed by node a (epoch 1) whose claim lapsed and node b claimed it
+/// (epoch 2), when a records progress, completes or fails under epoch 1: refused, and b's
+/// records under epoch 2 are taken. An ended task cannot be claimed.
+#[test]
+fn a_stale_claim_holder_is_fenced_out_of_a_copy_task() {
+    let mut g = Vec::new();
+    task_run(&mut g, plan());
+    // Nothing is recorded without a claim.
+    let (unclaimed, _) = given_when::<CopyTask>(
+        &g,
+        CopyTaskCommand::RecordCopied {
+            files: vec![0],
+            epoch: 0,
+        },
+        7,
+    );
+    assert_eq!(unclaimed.unwrap_err().code, ErrorCode::FailedPrecondition);
+    task_run(&mut g, claim("a", 1_000));
+    // b is refused while a's claim is live...
+    let (early, _) = given_when::<CopyTask>(&g, claim("b", 5_000), 500);
+    assert_eq!(early.unwrap_err().code, ErrorCode::FailedPrecondition);
+    // ...and wins once it lapsed.
+    let (late, _) = given_when::<CopyTask>(&g, claim("b", 5_000), 1_000);
+    g.extend(late.unwrap());
+    let s = CopyTask::replay(&g);
+    assert_eq!(
+        s.claim.holder.as_ref().map(|c| (c.node.as_str(), c.epoch)),
+        Some(("b", 2))
+    );
+    for stale in [
+        CopyTaskCommand::RecordCopied {
+            files: vec![0],
+            epoch: 1,
+        },
+        CopyTaskCommand::Complete { epoch: 1 },
+        CopyTaskCommand::Fail {
+            key: "k".into(),
+            reason: "r".into(),
+            epoch: 1,
+        },
+    ] {
+        let (out, _) = given_when::<CopyTask>(&g, stale.clone(), 1_100);
+        let e = out.unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition, "{stale:?}");
+        assert!(e.message.contains("claim lost"), "{e}");
+    }
+    task_run(
+        &mut g,
+        CopyTaskCommand::RecordCopied {
+            files: (0..6).collect(),
+            epoch: 2,
+        },
+    );
+    task_run(&mut g, CopyTaskCommand::Complete { epoch: 2 });
+    let s = CopyTask::replay(&g);
+    assert!(s.claim.holder.is_none(), "a completed task holds no claim");
+    let (ended, _) = given_when::<CopyTask>(&g, claim("c", 99_000), 2_000);
+    assert_eq!(ended.unwrap_err().code, ErrorCode::FailedPrecondition);
+}
+
+/// When a job is requested with a claim, Requested and Claimed are one decision; an ended
+/// job refuses a claim.
+#[test]
+fn a_job_is_requested_with_its_coordinators_claim_in_one_decision() {
+    let (out, _) = given_when::<RestoreJob>(
+        &[],
+        RestoreCommand::Request {
+            request: request(),
+            claim: Some(ClaimCommand::Claim {
+                node: "n1".into(),
+                deadline_ms: 10_000,
+                take_over_own: false,
+            }),
+        },
+        5,
+    );
+    let events = out.unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(matches!(
+        &events[1],
+        RestoreEvent::Claim(ClaimEvent::Claimed { node, epoch: 1, .. }) if node == "n1"
+    ));
+    let mut g = events;
+    g.push(RestoreEvent::RollbackStarted {
+        reason: "x".into(),
+        cancelled: true,
+        at_ms: 6,
+    });
+    g.push(RestoreEvent::RolledBack {
+        objects_deleted: 0,
+        at_ms: 7,
+    });
+    let s = RestoreJob::replay(&g);
+    assert!(s.claim.holder.is_none(), "an ended job holds no claim");
+    let (again, _) = given_when::<RestoreJob>(
+        &g,
+        RestoreCommand::Claim(ClaimCommand::Claim {
+            node: "n2".into(),
+            deadline_ms: 99_000,
+            take_over_own: false,
+        }),
+        20_000,
+    );
+    assert_eq!(again.unwrap_err().code, ErrorCode::FailedPrecondition);
 }

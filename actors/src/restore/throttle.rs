@@ -1,4 +1,5 @@
-//! A token bucket shared by every copy of one restore job: the job's bandwidth limit.
+//! Token buckets for bandwidth limits: one per node (over every job it copies for) and one per
+//! job on each node, shared by every copy the node makes for it.
 //!
 //! Tokens are bytes. A copy takes what it is about to move; the bucket may go into debt by one
 //! chunk, and the next taker waits until the debt is paid back at the configured rate. So the
@@ -6,7 +7,7 @@
 //! least 64 KiB) plus one chunk, and a chunk larger than that still moves. Time is tokio time: virtual in the
 //! simulator and in paused-time tests.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -91,5 +92,18 @@ mod tests {
     fn no_limit_is_no_throttle() {
         assert!(Throttle::new(None).is_none());
         assert!(Throttle::new(Some(0)).is_none());
+    }
+}
+
+/// The limits one copy obeys together (the node's and the job's): each is paid in turn.
+#[derive(Debug, Clone, Default)]
+pub struct Throttles(pub Vec<Arc<Throttle>>);
+
+impl Throttles {
+    /// Wait until `bytes` may move under every limit.
+    pub async fn take(&self, bytes: u64) {
+        for t in &self.0 {
+            t.take(bytes).await;
+        }
     }
 }

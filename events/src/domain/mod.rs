@@ -2,6 +2,7 @@
 //! One file per entity; the deciders that give them meaning live in `snapvault-actors`.
 
 pub mod catalog;
+pub mod claim;
 pub mod collection;
 pub mod external;
 pub mod gc;

@@ -11,6 +11,7 @@
 //! `Requested` / `IdsReserved`; each task's segments (new ids, destination keys) are in its
 //! `Planned` event; which files are already copied is in its `FilesCopied` events.
 
+use super::claim::{ClaimCommand, ClaimEvent};
 use super::collection::SegmentRecord;
 use super::{CollectionId, JobId, SegmentId, SnapshotId};
 use crate::codec::DomainEvent;
@@ -20,8 +21,10 @@ use serde::{Deserialize, Serialize};
 pub const MAX_PARALLELISM: u32 = 256;
 /// Copy tasks in flight when the request does not say.
 pub const DEFAULT_PARALLELISM: u32 = 4;
-/// Most files one copy task covers (a segment with more gets a task of its own).
-pub const MAX_FILES_PER_TASK: usize = 256;
+/// Most files one copy task covers (a segment with more gets a task of its own). Small
+/// enough that a restore of a few thousand files makes tens of tasks, so several nodes share
+/// it evenly (each task is claimed by one node).
+pub const MAX_FILES_PER_TASK: usize = 64;
 /// Most bytes one copy task covers (a segment with more gets a task of its own).
 pub const MAX_BYTES_PER_TASK: u64 = 1 << 30;
 /// Most files one `Planned` event may list (a single segment with many index builds can
@@ -169,8 +172,14 @@ pub struct RestoreTotals {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestoreCommand {
-    /// Record the request (the client validated it and allocated the ids).
-    Request { request: RestoreRequest },
+    /// Record the request (the client validated it and allocated the ids), and with it,
+    /// atomically, the starting node's claim on the job's coordination.
+    Request {
+        request: RestoreRequest,
+        claim: Option<ClaimCommand>,
+    },
+    /// Claim, renew or release the job's coordination (design §10).
+    Claim(ClaimCommand),
     /// Record the id block the plan draws new segment and build ids from.
     ReserveIds { first: u64, count: u64 },
     /// Record the next planned tasks; `tasks[0].task` must be the number planned so far.
@@ -226,6 +235,8 @@ pub enum RestoreEvent {
         objects_deleted: u64,
         at_ms: u64,
     },
+    /// Who coordinates the job (claimed, renewed, released).
+    Claim(ClaimEvent),
 }
 
 impl DomainEvent for RestoreEvent {
@@ -241,6 +252,7 @@ impl DomainEvent for RestoreEvent {
             RestoreEvent::Completed { .. } => "Completed",
             RestoreEvent::RollbackStarted { .. } => "RollbackStarted",
             RestoreEvent::RolledBack { .. } => "RolledBack",
+            RestoreEvent::Claim(c) => c.event_type(),
         }
     }
 }
@@ -279,16 +291,23 @@ pub enum CopyTaskCommand {
         task: u32,
         segments: Vec<PlannedSegment>,
     },
-    /// Files (by ordinal in the task's file order) copied and checked.
+    /// Files (by ordinal in the task's file order) copied and checked, by the holder of
+    /// claim `epoch`.
     RecordCopied {
         files: Vec<u32>,
+        epoch: u64,
     },
-    Complete,
+    Complete {
+        epoch: u64,
+    },
     /// A file cannot be copied (missing or corrupt source): the job must roll back.
     Fail {
         key: String,
         reason: String,
+        epoch: u64,
     },
+    /// Claim, renew or release the task (design §10).
+    Claim(ClaimCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,6 +331,8 @@ pub enum CopyTaskEvent {
         reason: String,
         at_ms: u64,
     },
+    /// Which node copies the task's files (claimed, renewed, released).
+    Claim(ClaimEvent),
 }
 
 impl DomainEvent for CopyTaskEvent {
@@ -322,6 +343,7 @@ impl DomainEvent for CopyTaskEvent {
             CopyTaskEvent::FilesCopied { .. } => "FilesCopied",
             CopyTaskEvent::Completed { .. } => "Completed",
             CopyTaskEvent::Failed { .. } => "Failed",
+            CopyTaskEvent::Claim(c) => c.event_type(),
         }
     }
 }
