@@ -34,6 +34,9 @@ use snapvault_events::validate::validate_name;
 use snapvault_events::{Error, ErrorCode};
 use std::time::Duration;
 
+/// Attempts `restore start` makes at reserving the target before it answers `unavailable`.
+const START_ATTEMPTS: u32 = 5;
+
 /// Most jobs one list page returns.
 pub const MAX_RESTORE_PAGE: usize = 1_000;
 
@@ -325,18 +328,32 @@ impl Client {
             _ => None,
         });
         crash_point("restore.after_request");
-        match self.reserve_target(&request, &meta).await {
-            Ok(()) => {}
-            // The log or the store blinked: the job is recorded and claimed; its runner
-            // retries these steps.
-            Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict) => {
-                tracing::info!(job, error = %e, "restore start continues in the background");
-            }
-            Err(refused) => {
-                // Lost the name, or the snapshot cannot be leased: the job ends Failed and
-                // leaves nothing (its own rollback, run here and now).
-                self.refuse_restore(job, &refused).await;
-                return Err(refused);
+        // Transient errors are retried here a few times, so that an `Ok` always means the
+        // target name is this job's; past them the job goes on in the background (its
+        // claim's runner retries the same idempotent steps) and the caller hears so.
+        let mut delay_ms = ctx.config.retry_initial_ms.max(1);
+        let mut attempt = 1;
+        loop {
+            match self.reserve_target(&request, &meta).await {
+                Ok(()) => break,
+                Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict) => {
+                    if attempt >= START_ATTEMPTS {
+                        self.restores.adopt(job, held);
+                        return Err(Error::unavailable(format!(
+                            "restore job {job} is recorded, but its target could not be reserved yet ({}); it goes on in the background: see `restore status {job}`",
+                            e.message
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    delay_ms = (delay_ms * 2).min(ctx.config.retry_max_ms.max(1));
+                    attempt += 1;
+                }
+                Err(refused) => {
+                    // Lost the name, or the snapshot cannot be leased: the job ends Failed
+                    // and leaves nothing (its own rollback, run here and now).
+                    self.refuse_restore(job, &refused).await;
+                    return Err(refused);
+                }
             }
         }
         self.restores.adopt(job, held);
