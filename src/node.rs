@@ -28,7 +28,12 @@ pub struct Node {
     client: Client,
     registry: Registry,
     resume: tokio::task::JoinHandle<()>,
+    /// The snapshot reconciler of a node that takes every unit (`Scope::All`).
+    snapshot_reconciler: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// The snapshot reconciler looks for unclaimed or lapsed creates and drops at most this often.
+const MIN_SNAPSHOT_RECONCILE_MS: u64 = 1_000;
 
 /// How long `shutdown` waits for the resume of unfinished work before it leaves the rest to
 /// the next start.
@@ -138,6 +143,8 @@ impl Node {
             config: gc,
         })
         .await?;
+        let take_all = work.scope == snapvault_actors::work::Scope::All;
+        let reconcile_ms = work.reconcile_ms.max(MIN_SNAPSHOT_RECONCILE_MS);
         let restores = Restores::start(RestoreContext {
             registry: registry.clone(),
             log: parts.log.clone(),
@@ -183,10 +190,25 @@ impl Node {
                 tracing::warn!(error = %e, "resuming external tasks failed; it is retried at the next start");
             }
         });
+        let snapshot_reconciler = take_all.then(|| {
+            let reconciler = client.clone();
+            tokio::spawn(async move {
+                let mut tick =
+                    tokio::time::interval(std::time::Duration::from_millis(reconcile_ms));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = reconciler.reconcile_snapshots().await {
+                        tracing::debug!(error = %e, "snapshot reconcile pass failed; trying again");
+                    }
+                }
+            })
+        });
         Ok(Node {
             client,
             registry,
             resume,
+            snapshot_reconciler,
         })
     }
 
@@ -197,6 +219,9 @@ impl Node {
 
     /// Stop every actor after it finished what it was doing.
     pub async fn shutdown(self) {
+        if let Some(r) = &self.snapshot_reconciler {
+            r.abort();
+        }
         let mut resume = self.resume;
         if tokio::time::timeout(RESUME_WAIT_ON_SHUTDOWN, &mut resume)
             .await

@@ -301,6 +301,7 @@ impl Client {
         request.target_collection_id = self.ids.next_id().await?;
         let ctx = &self.restores.ctx;
         let job = request.job_id;
+        let _starting = self.restores.starting(job);
         let now_ms = self.clock_ms();
         let claim = ClaimCommand::Claim {
             node: self.restores.node_id().to_string(),

@@ -17,6 +17,7 @@ use snapvault_actors::crash_points::crash_point;
 use snapvault_actors::snapshot::manifest::{self, IndexMeta, PartitionMeta};
 use snapvault_actors::snapshot::worker::VerifyReport;
 use snapvault_actors::snapshot::{Snapshot, SnapshotState};
+use snapvault_events::domain::claim::ClaimCommand;
 use snapvault_events::domain::collection::CollectionCommand;
 use snapvault_events::domain::snapshot::{
     SnapshotCommand, SnapshotIdentity, SnapshotStatus, SnapshotTotals, snapshot_stream,
@@ -207,6 +208,9 @@ impl Client {
             )
             .await?;
         crash_point("snapshot.after_start");
+        // Claimed while it runs, so no reconciler starts the same create elsewhere; the claim
+        // ends with the create (committed or failed) or lapses if this process dies.
+        self.claim_snapshot(snapshot_id).await;
         let s = self.snapshot_worker.run_create(snapshot_id).await?;
         if s.status == Some(SnapshotStatus::Failed) {
             return Err(Error::unavailable(format!(
@@ -226,6 +230,7 @@ impl Client {
             .execute::<Snapshot>(&snapshot_stream(id), SnapshotCommand::Drop, id)
             .await?;
         crash_point("snapshot.after_drop_requested");
+        self.claim_snapshot(id).await;
         let s = self.snapshot_worker.run_delete(id).await?;
         SnapshotView::of(&s).ok_or_else(|| Error::internal("snapshot vanished"))
     }
@@ -399,6 +404,99 @@ impl Client {
             .await?;
         let s = self.snapshot_state(snapshot_id).await?;
         SnapshotView::of(&s).ok_or_else(|| Error::internal("imported snapshot vanished"))
+    }
+
+    /// Claim snapshot `id`'s unfinished create or drop for this node; `true` when this node
+    /// holds it now. Best effort: a refusal means another node holds it, a log error that the
+    /// work goes on unclaimed (a reconciler may run it too; every step is idempotent).
+    async fn claim_snapshot(&self, id: SnapshotId) -> bool {
+        let work = &self.restores.ctx.work;
+        let claim = SnapshotCommand::Claim(ClaimCommand::Claim {
+            node: work.node_id.clone(),
+            deadline_ms: self.registry.clock().now_ms() + work.claim_ttl_ms,
+            take_over_own: work.take_over_own,
+        });
+        match self
+            .registry
+            .execute::<Snapshot>(&snapshot_stream(id), claim, id)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(snapshot = id, error = %e, "snapshot work not claimed");
+                false
+            }
+        }
+    }
+
+    /// One pass of the snapshot reconciler (every long-running node runs it periodically,
+    /// design §10): every Pending create and Deleting drop whose claim is free or lapsed is
+    /// claimed and finished here; pins left by a create that died between its pin and its
+    /// start are adopted once older than a claim's life; pins of ended snapshots released.
+    /// Unclaimed work younger than a claim's life is left alone: it may be a create or drop
+    /// in flight on another node, which claims it right after it starts. Returns how many
+    /// units it finished.
+    pub async fn reconcile_snapshots(&self) -> Result<usize, Error> {
+        let work = self.restores.ctx.work.clone();
+        self.snapshots.sync().await?;
+        let u = self.snapshots.unfinished().await?;
+        let now_ms = self.registry.clock().now_ms();
+        let mut finished = 0;
+        let deleting: std::collections::BTreeSet<SnapshotId> = u.deleting.iter().copied().collect();
+        for id in u.pending.iter().chain(u.deleting.iter()) {
+            let Some((claim, since_ms)) = u.claims.get(id) else {
+                continue;
+            };
+            // A live claim of this node's own id may be a create or drop running in this very
+            // process: only a lapsed claim is taken (a restarted sled node finishes its own
+            // at start, `resume_unfinished`).
+            let free = claim.live(now_ms).is_none();
+            let young_and_never_claimed =
+                claim.last_epoch == 0 && now_ms < since_ms.saturating_add(work.claim_ttl_ms);
+            if !free || young_and_never_claimed || !self.claim_snapshot(*id).await {
+                continue;
+            }
+            let r = if deleting.contains(id) {
+                self.snapshot_worker.run_delete(*id).await
+            } else {
+                self.snapshot_worker.run_create(*id).await
+            };
+            match r {
+                Ok(_) => finished += 1,
+                Err(e) => tracing::info!(snapshot = id, error = %e, "snapshot work goes on later"),
+            }
+        }
+        for (snapshot_id, pin) in u.orphan_pins {
+            if now_ms < pin.pinned_ms.saturating_add(work.claim_ttl_ms) {
+                continue;
+            }
+            let collection_name = self
+                .registry
+                .inspect::<Collection, _>(&collection_stream(pin.collection_id), |_, s| {
+                    s.name.clone()
+                })
+                .await?;
+            let identity = SnapshotIdentity {
+                snapshot_id,
+                collection_id: pin.collection_id,
+                collection_name,
+                name: pin.name,
+                description: pin.description,
+                labels: pin.labels,
+            };
+            if let Err(e) = self.start_and_finish(identity, pin.pinned_version).await {
+                tracing::info!(snapshot = snapshot_id, error = %e, "adopted pin did not commit");
+            }
+            finished += 1;
+        }
+        for (snapshot_id, collection_id) in u.stale_pins {
+            self.run(
+                collection_id,
+                CollectionCommand::UnpinSnapshot { snapshot_id },
+            )
+            .await?;
+        }
+        Ok(finished)
     }
 
     /// Finish snapshot work a previous process left: adopt orphan pins, resume Pending

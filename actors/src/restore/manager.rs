@@ -95,11 +95,52 @@ enum Unit {
 pub struct ManagerArgs {
     pub ctx: RestoreContext,
     pub index: RestoreIndex,
+    pub starting: Starting,
+}
+
+/// Jobs a `restore start` of this process is between recording and handing over: their
+/// claim is this node's, yet no runner holds it; the reconciler must not take them over as
+/// if an earlier process had left them.
+#[derive(Clone, Default)]
+pub struct Starting(Arc<std::sync::Mutex<BTreeSet<JobId>>>);
+
+impl Starting {
+    /// Mark `job` as starting until the guard is dropped.
+    pub fn guard(&self, job: JobId) -> StartingGuard {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(job);
+        StartingGuard {
+            set: self.clone(),
+            job,
+        }
+    }
+
+    fn contains(&self, job: JobId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&job)
+    }
+}
+
+pub struct StartingGuard {
+    set: Starting,
+    job: JobId,
+}
+
+impl Drop for StartingGuard {
+    fn drop(&mut self) {
+        self.set
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.job);
+    }
 }
 
 pub struct ManagerState {
     ctx: RestoreContext,
     index: RestoreIndex,
+    starting: Starting,
     own: BTreeSet<JobId>,
     jobs: BTreeMap<JobId, JobRun>,
     tasks: BTreeMap<(JobId, u32), TaskRun>,
@@ -442,7 +483,10 @@ impl ManagerState {
             if job == 0 || !self.in_scope(job) {
                 continue;
             }
-            if !self.jobs.contains_key(&job) && self.claimable(&entry.state.claim, now_ms) {
+            if !self.jobs.contains_key(&job)
+                && !self.starting.contains(job)
+                && self.claimable(&entry.state.claim, now_ms)
+            {
                 self.take_job(myself, job, now_ms).await;
             }
             if running.contains(&job) {
@@ -600,6 +644,7 @@ impl Actor for RestoreManager {
         Ok(ManagerState {
             ctx: args.ctx,
             index: args.index,
+            starting: args.starting,
             own: BTreeSet::new(),
             jobs: BTreeMap::new(),
             tasks: BTreeMap::new(),

@@ -32,7 +32,7 @@ pub use copy_task::{CopyTask, CopyTaskState};
 pub use index::RestoreIndex;
 pub use job::{RestoreJob, RestoreJobState};
 
-use manager::{Held, ManagerArgs, ManagerMsg, RestoreManager};
+use manager::{Held, ManagerArgs, ManagerMsg, RestoreManager, Starting, StartingGuard};
 use ractor::{Actor, ActorRef};
 use snapvault_events::Error;
 use snapvault_events::domain::JobId;
@@ -43,6 +43,7 @@ use tokio::sync::oneshot;
 #[derive(Clone)]
 pub struct Restores {
     manager: ActorRef<ManagerMsg>,
+    starting: Starting,
     pub index: RestoreIndex,
     pub ctx: RestoreContext,
 }
@@ -50,15 +51,18 @@ pub struct Restores {
 impl Restores {
     pub async fn start(ctx: RestoreContext) -> Result<Restores, Error> {
         let index = RestoreIndex::start(ctx.log.clone());
+        let starting = Starting::default();
         let args = ManagerArgs {
             ctx: ctx.clone(),
             index: index.clone(),
+            starting: starting.clone(),
         };
         let (manager, _) = Actor::spawn(None, RestoreManager, args)
             .await
             .map_err(|e| Error::internal(format!("cannot start the restore manager: {e}")))?;
         Ok(Restores {
             manager,
+            starting,
             index,
             ctx,
         })
@@ -73,6 +77,12 @@ impl Restores {
     /// waits for it); with `claim`, the caller already holds the job's coordination.
     pub fn adopt(&self, job: JobId, claim: Option<Held>) {
         let _ = self.manager.send_message(ManagerMsg::Adopt { job, claim });
+    }
+
+    /// Keep this node's reconciler off `job` while a `restore start` here records it and
+    /// reserves its target (until the guard drops, after `adopt`).
+    pub fn starting(&self, job: JobId) -> StartingGuard {
+        self.starting.guard(job)
     }
 
     /// Something was recorded here that this node's copies must react to (a cancel).

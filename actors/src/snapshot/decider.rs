@@ -5,8 +5,10 @@
 //! worker may ask twice), and every refusal names the state that refused it.
 
 use crate::aggregate::Aggregate;
+use crate::claim::ClaimState;
 use serde::{Deserialize, Serialize};
 use snapvault_events::Error;
+use snapvault_events::domain::claim::ClaimCommand;
 use snapvault_events::domain::snapshot::{
     SnapshotCommand, SnapshotEvent, SnapshotIdentity, SnapshotStatus, SnapshotTotals,
 };
@@ -32,6 +34,9 @@ pub struct SnapshotState {
     pub leases: BTreeSet<JobId>,
     pub delete_requested_ms: Option<u64>,
     pub deleted_ms: Option<u64>,
+    /// Which node finishes an unfinished create or drop (design §10).
+    #[serde(default)]
+    pub claim: ClaimState,
 }
 
 impl SnapshotState {
@@ -206,6 +211,24 @@ impl Aggregate for Snapshot {
                     Ok(vec![])
                 }
             }
+            // Only unfinished work is claimed; renewing or releasing ended work is a no-op.
+            C::Claim(claim) => match s.status {
+                Some(S::Pending) | Some(S::Deleting) => Ok(s
+                    .claim
+                    .decide(claim, now_ms, &s.label())?
+                    .into_iter()
+                    .map(E::Claim)
+                    .collect()),
+                None => Err(Error::not_found("snapshot not found")),
+                Some(other) if matches!(claim, ClaimCommand::Claim { .. }) => {
+                    Err(Error::failed_precondition(format!(
+                        "{} is {}; only a pending create or a drop is claimed",
+                        s.label(),
+                        other.as_str()
+                    )))
+                }
+                Some(_) => Ok(vec![]),
+            },
         }
     }
 
@@ -240,10 +263,12 @@ impl Aggregate for Snapshot {
                 s.manifests = *manifests;
                 s.totals = *totals;
                 s.committed_ms = Some(*committed_ms);
+                s.claim.end(*committed_ms);
             }
-            E::Failed { reason, .. } => {
+            E::Failed { reason, failed_ms } => {
                 s.status = Some(S::Failed);
                 s.failure = Some(reason.clone());
+                s.claim.end(*failed_ms);
             }
             E::Imported {
                 identity,
@@ -273,6 +298,7 @@ impl Aggregate for Snapshot {
             E::Deleted { deleted_ms } => {
                 s.status = Some(S::Deleted);
                 s.deleted_ms = Some(*deleted_ms);
+                s.claim.end(*deleted_ms);
             }
             E::LeaseTaken { job_id } => {
                 s.leases.insert(*job_id);
@@ -280,6 +306,7 @@ impl Aggregate for Snapshot {
             E::LeaseReleased { job_id } => {
                 s.leases.remove(job_id);
             }
+            E::Claim(c) => s.claim.evolve(c),
         }
     }
 }

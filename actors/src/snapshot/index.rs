@@ -9,6 +9,7 @@
 //! query started, so a client always reads its own writes.
 
 use crate::aggregate::Aggregate;
+use crate::claim::ClaimState;
 use crate::projection::{Fold, Projection};
 use crate::snapshot::decider::{Snapshot, SnapshotState};
 use snapvault_events::codec::decode;
@@ -28,6 +29,7 @@ pub struct Pin {
     pub labels: BTreeMap<String, String>,
     /// Version of the collection stream at the pin: the cut.
     pub pinned_version: u64,
+    pub pinned_ms: u64,
 }
 
 #[derive(Default)]
@@ -118,8 +120,15 @@ impl SnapshotIndex {
             let mut u = Unfinished::default();
             for (id, x) in s {
                 match x.status {
-                    Some(SnapshotStatus::Pending) => u.pending.push(*id),
-                    Some(SnapshotStatus::Deleting) => u.deleting.push(*id),
+                    Some(SnapshotStatus::Pending) => {
+                        u.pending.push(*id);
+                        u.claims.insert(*id, (x.claim.clone(), x.created_ms));
+                    }
+                    Some(SnapshotStatus::Deleting) => {
+                        u.deleting.push(*id);
+                        let since = x.delete_requested_ms.unwrap_or(x.created_ms);
+                        u.claims.insert(*id, (x.claim.clone(), since));
+                    }
                     Some(SnapshotStatus::Failed) | Some(SnapshotStatus::Deleted)
                         if pins.contains_key(id) =>
                     {
@@ -144,6 +153,9 @@ impl SnapshotIndex {
 pub struct Unfinished {
     pub pending: Vec<SnapshotId>,
     pub deleting: Vec<SnapshotId>,
+    /// Of each pending or deleting snapshot: who finishes it (design §10), and since when
+    /// it is in that state (its create's start or its drop's request).
+    pub claims: BTreeMap<SnapshotId, (ClaimState, u64)>,
     /// Failed or deleted snapshots whose pin was not released yet.
     pub stale_pins: Vec<(SnapshotId, CollectionId)>,
     /// Pins with no snapshot stream (crash between pin and start).
@@ -169,7 +181,7 @@ fn apply(t: &mut Tables, env: &snapvault_events::Envelope) -> Result<(), LogErro
                     name,
                     description,
                     labels,
-                    ..
+                    pinned_ms,
                 } => {
                     t.pins.insert(
                         snapshot_id,
@@ -179,6 +191,7 @@ fn apply(t: &mut Tables, env: &snapvault_events::Envelope) -> Result<(), LogErro
                             description,
                             labels,
                             pinned_version: env.version,
+                            pinned_ms,
                         },
                     );
                 }

@@ -114,6 +114,8 @@ pub enum SnapshotCommand {
     ReleaseLease {
         job_id: JobId,
     },
+    /// Claim, renew or release the unfinished create or drop (design §10).
+    Claim(super::claim::ClaimCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +160,8 @@ pub enum SnapshotEvent {
     LeaseReleased {
         job_id: JobId,
     },
+    /// Which node finishes the unfinished create or drop.
+    Claim(super::claim::ClaimEvent),
 }
 
 impl DomainEvent for SnapshotEvent {
@@ -172,6 +176,7 @@ impl DomainEvent for SnapshotEvent {
             SnapshotEvent::Deleted { .. } => "Deleted",
             SnapshotEvent::LeaseTaken { .. } => "LeaseTaken",
             SnapshotEvent::LeaseReleased { .. } => "LeaseReleased",
+            SnapshotEvent::Claim(c) => c.event_type(),
         }
     }
 }
