@@ -429,6 +429,24 @@ fn render_view(v: &RestoreView) -> String {
             }
         ),
     );
+    if let Some(node) = &v.node {
+        line("coordinator", format!("node '{node}'"));
+    }
+    if !v.nodes.is_empty() {
+        let nodes: Vec<String> = v
+            .nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} ({} tasks, {}/s)",
+                    n.node,
+                    n.tasks_held,
+                    bytes(n.bytes_per_sec)
+                )
+            })
+            .collect();
+        line("nodes", nodes.join(", "));
+    }
     line("requested", utc(v.requested_ms));
     if let Some(ms) = v.started_ms {
         line("started", utc(ms));
@@ -449,11 +467,18 @@ fn render_view(v: &RestoreView) -> String {
         );
     }
     if !v.tasks.is_empty() {
-        let mut t = Table::new(&["TASK", "STATE", "FILES", "BYTES", "FAILURE"], &["TASK"]);
+        let mut t = Table::new(
+            &[
+                "TASK", "SHARD", "STATE", "NODE", "FILES", "BYTES", "FAILURE",
+            ],
+            &["TASK", "SHARD"],
+        );
         for task in &v.tasks {
             t.row(vec![
                 task.task.to_string(),
+                task.shard.to_string(),
                 task.status.clone(),
+                task.node.clone().unwrap_or_default(),
                 format!("{}/{}", task.files_done, task.files_total),
                 format!("{}/{}", bytes(task.bytes_done), bytes(task.bytes_total)),
                 task.failure.clone().unwrap_or_default(),
