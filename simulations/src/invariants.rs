@@ -250,6 +250,8 @@ pub struct Checker {
     pub deletions: u64,
     /// Print every event as it is ingested (the runner's `--verbose`).
     pub verbose: bool,
+    /// The claim invariants, event by event.
+    pub claims: crate::claim_check::ClaimAudit,
 }
 
 impl Checker {
@@ -317,6 +319,7 @@ impl Checker {
             ));
         }
         self.next_position += 1;
+        self.claims.apply(env)?;
         let v = self.versions.entry(env.stream.clone()).or_default();
         if env.version != *v + 1 {
             return Err(format!(

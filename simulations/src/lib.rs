@@ -13,19 +13,23 @@
 //! - [`sim_clock`]: virtual time that survives node crashes;
 //! - [`sim_log`]: `MemoryLog` behind faults (including ambiguous acks);
 //! - [`sim_store`]: `InMemory` object store behind faults, latency and listing reorders;
+//! - [`node_link`]: one node's link to the shared log and store in multi-node mode, cut by a crash;
 //! - [`workload`]: the host's operations, planned from the seed and run concurrently;
 //! - [`model`]: what the workload believes exists, and the durability checks it allows;
 //! - [`invariants`]: the checker and the truth it replays from the log;
+//! - [`claim_check`]: the claim invariants (epochs, no overlapping holders, work only under a claim);
 //! - [`restore_ops`]: restores in the workload: starts (twins too), cancels, waits, bad input;
 //! - [`restore_check`]: the restore invariants;
 //! - [`trace`]: the trace hash;
 //! - [`runner`]: one seed — setup, steps with crashes, liveness, final check.
 
+pub mod claim_check;
 pub mod external_check;
 pub mod external_ops;
 pub mod faults;
 pub mod invariants;
 pub mod model;
+pub mod node_link;
 pub mod prng;
 pub mod restore_check;
 pub mod restore_ops;

@@ -38,6 +38,11 @@ struct Args {
     /// Print every step's operations and outcomes to stderr (single seed).
     #[arg(long)]
     verbose: bool,
+    /// Nodes sharing the simulated log and store (1..=4). With more than one, a crash cuts one
+    /// node off (a zombie that keeps trying) and a new node takes its place; claims must keep
+    /// their work from being done twice or left undone.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
+    nodes: u32,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -58,8 +63,8 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
-fn replay(seed: u64, steps: u64) -> String {
-    format!("cargo run -p snapvault-sim --release -- --seed {seed} --steps {steps}")
+fn replay(seed: u64, steps: u64, nodes: u32) -> String {
+    format!("cargo run -p snapvault-sim --release -- --seed {seed} --steps {steps} --nodes {nodes}")
 }
 
 fn init_tracing() {
@@ -73,12 +78,13 @@ fn init_tracing() {
     }
 }
 
-fn run_one(seed: u64, steps: u64, verbose: bool) -> ExitCode {
+fn run_one(seed: u64, steps: u64, verbose: bool, nodes: u32) -> ExitCode {
     let started = Instant::now();
     match run_seed(&RunConfig {
         seed,
         steps,
         verbose,
+        nodes,
     }) {
         Ok(report) => {
             let secs = started.elapsed().as_secs_f64();
@@ -103,9 +109,10 @@ enum SeedResult {
     Failed(String),
 }
 
-fn run_child(exe: &std::path::Path, seed: u64, steps: u64) -> SeedResult {
+fn run_child(exe: &std::path::Path, seed: u64, steps: u64, nodes: u32) -> SeedResult {
     let out = Command::new(exe)
         .args(["--seed", &seed.to_string(), "--steps", &steps.to_string()])
+        .args(["--nodes", &nodes.to_string()])
         .output();
     let out = match out {
         Ok(o) => o,
@@ -139,7 +146,7 @@ fn run_child(exe: &std::path::Path, seed: u64, steps: u64) -> SeedResult {
     }
 }
 
-fn sweep(start: u64, end: u64, steps: u64, jobs: usize) -> ExitCode {
+fn sweep(start: u64, end: u64, steps: u64, jobs: usize, nodes: u32) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -161,7 +168,7 @@ fn sweep(start: u64, end: u64, steps: u64, jobs: usize) -> ExitCode {
                     if seed >= end {
                         return;
                     }
-                    let r = run_child(&exe, seed, steps);
+                    let r = run_child(&exe, seed, steps, nodes);
                     match &r {
                         SeedResult::Passed(line) => println!("{line}"),
                         SeedResult::Failed(msg) => println!("{msg}"),
@@ -199,7 +206,7 @@ fn sweep(start: u64, end: u64, steps: u64, jobs: usize) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         for seed in failed {
-            println!("replay: {}", replay(seed, steps));
+            println!("replay: {}", replay(seed, steps, nodes));
         }
         ExitCode::FAILURE
     }
@@ -209,8 +216,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
     match (args.seed, args.seeds) {
-        (Some(seed), _) => run_one(seed, args.steps, args.verbose),
-        (None, Some((a, b))) => sweep(a, b, args.steps, args.jobs),
+        (Some(seed), _) => run_one(seed, args.steps, args.verbose, args.nodes),
+        (None, Some((a, b))) => sweep(a, b, args.steps, args.jobs, args.nodes),
         (None, None) => ExitCode::FAILURE,
     }
 }

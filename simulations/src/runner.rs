@@ -21,6 +21,7 @@
 use crate::faults::{FaultConfig, FaultInjector, Site};
 use crate::invariants::{Checker, hash_store};
 use crate::model::{IdLedger, Model, Threat};
+use crate::node_link::{LinkedLog, LinkedStore, NodeLink};
 use crate::prng::Prng;
 use crate::sim_clock::SimClock;
 use crate::sim_log::SimLog;
@@ -61,6 +62,9 @@ pub struct RunConfig {
     /// Print every step's operations and outcomes to stderr (deterministic, so two runs can
     /// be diffed).
     pub verbose: bool,
+    /// Nodes on the one simulated log and store (1: a single node whose crash drops the whole
+    /// runtime; 2..=4: see `Sim::cluster`).
+    pub nodes: u32,
 }
 
 /// Everything a seed draws about how it will be run.
@@ -152,6 +156,8 @@ pub struct RunReport {
     pub lagging_reads: u64,
     /// Restore jobs that ended completed, failed, cancelled.
     pub restores: (u64, u64, u64),
+    /// Claims taken, and how many of them took a lapsed claim over.
+    pub claims: (u64, u64),
     /// Operation outcomes, by `kind:outcome`.
     pub outcomes: BTreeMap<String, u64>,
     pub injected: BTreeMap<Site, u64>,
@@ -169,7 +175,7 @@ impl RunReport {
         let all: u64 = self.outcomes.values().sum();
         let faults: u64 = self.injected.values().sum();
         format!(
-            "seed={} steps={} result=ok trace_hash={:#018x} events={} objects={} ops={} ops_ok={} faults={} crashes={} graceful={} lagging_reads={} restores={}/{}/{} virtual_s={}",
+            "seed={} steps={} result=ok trace_hash={:#018x} events={} objects={} ops={} ops_ok={} faults={} crashes={} graceful={} lagging_reads={} restores={}/{}/{} claims={}/{} virtual_s={}",
             self.seed,
             self.steps,
             self.trace_hash,
@@ -184,6 +190,8 @@ impl RunReport {
             self.restores.0,
             self.restores.1,
             self.restores.2,
+            self.claims.0,
+            self.claims.1,
             self.virtual_ms / 1_000
         )
     }
@@ -194,6 +202,7 @@ impl RunReport {
 pub struct Failure {
     pub seed: u64,
     pub steps: u64,
+    pub nodes: u32,
     pub step: u64,
     pub message: String,
 }
@@ -201,8 +210,8 @@ pub struct Failure {
 impl Failure {
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run -p snapvault-sim --release -- --seed {} --steps {}",
-            self.seed, self.steps
+            "cargo run -p snapvault-sim --release -- --seed {} --steps {} --nodes {}",
+            self.seed, self.steps, self.nodes
         )
     }
 }
@@ -260,6 +269,15 @@ enum CrashPlan {
     AfterStep {
         graceful: bool,
     },
+}
+
+/// Chance per step (ppm) that a cluster cuts one node mid-step, on top of the swarm's crashes.
+const CLUSTER_CUT_PPM: u32 = 20_000;
+
+/// One node of a multi-node run and its link to the shared log and store.
+struct Member {
+    node: Node,
+    link: Arc<NodeLink>,
 }
 
 struct Sim {
@@ -429,22 +447,149 @@ impl Sim {
         Ok(true)
     }
 
+    /// Start simulated node `slot` of generation `generation` on its own link to the shared
+    /// log and store: its own registry (checking other nodes' writes before deciding), its
+    /// own node id, taking every unit (`Scope::All`) and never a claim of another id.
+    async fn start_member(&mut self, slot: usize, generation: u64) -> Result<Member, String> {
+        let id = format!("sim-{slot}-{generation}");
+        let link = NodeLink::new(&id, self.log.clone(), self.store.clone());
+        let parts = NodeParts {
+            log: Arc::new(LinkedLog(link.clone())),
+            store: Arc::new(LinkedStore(link.clone())),
+            clock: self.clock.clone(),
+        };
+        let mut registry = self.swarm.registry;
+        registry.shared_log = true;
+        let work = WorkConfig {
+            node_id: id.clone(),
+            take_over_own: false,
+            ..self.swarm.work.clone()
+        };
+        let mut attempts = 0;
+        loop {
+            match Node::start_with(
+                parts.clone(),
+                registry,
+                self.swarm.id_block_size,
+                snapvault::node::NodeLimits {
+                    snapshot: self.swarm.snapshot,
+                    gc: self.swarm.gc.clone(),
+                    restore: self.swarm.restore,
+                    work: work.clone(),
+                },
+            )
+            .await
+            {
+                Ok(node) => return Ok(Member { node, link }),
+                Err(e) if e.code == ErrorCode::Unavailable && attempts < 100 => {
+                    attempts += 1;
+                    self.note(format!("{id}: start failed ({e}); starting again"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(format!("node {id} failed to start: {e}")),
+            }
+        }
+    }
+
+    /// Multi-node mode (design §10): `nodes` nodes share the log and the store in one
+    /// runtime. Each step's operations go to nodes drawn at random. A crash picks one node
+    /// and cuts its link — its actors live on as a zombie that can reach nothing (a paused or
+    /// partitioned node) — or shuts it down gracefully, and a new node (a new id) takes its
+    /// slot at once. Claims must make the zombies harmless and their work be taken over:
+    /// every invariant is checked after every step, and liveness at the end.
+    async fn cluster(&mut self) -> Result<(), String> {
+        self.clock.resume();
+        let n = self.cfg.nodes.max(1) as usize;
+        let mut members = Vec::with_capacity(n);
+        for slot in 0..n {
+            members.push(self.start_member(slot, 0).await?);
+        }
+        let mut zombies: Vec<Member> = Vec::new();
+        let mut generation = 0;
+        while self.step < self.cfg.steps {
+            let mut crash = self.draw_crash();
+            // Nodes of a cluster die more often than whole processes in single-node runs:
+            // takeovers of lapsed claims are what this mode is for.
+            if matches!(crash, CrashPlan::None) && self.node_rng.chance(CLUSTER_CUT_PPM) {
+                crash = CrashPlan::MidStep(Duration::from_millis(self.node_rng.range(0, 200)));
+            }
+            let victim = self.node_rng.below(n as u64) as usize;
+            let clients: Vec<Client> = members.iter().map(|m| m.node.client()).collect();
+            let cut = members[victim].link.clone();
+            self.run_step_on(&clients, &crash, Some((victim, cut)))
+                .await?;
+            drop(clients);
+            self.step += 1;
+            if !matches!(crash, CrashPlan::None) {
+                generation += 1;
+                let fresh = self.start_member(victim, generation).await?;
+                let old = std::mem::replace(&mut members[victim], fresh);
+                let graceful = matches!(crash, CrashPlan::AfterStep { graceful: true });
+                if graceful {
+                    old.node.shutdown().await;
+                    self.graceful += 1;
+                    self.note(format!("node {victim}: graceful shutdown, replaced"));
+                } else {
+                    old.link.cut();
+                    zombies.push(old);
+                    self.note(format!("node {victim}: cut off (zombie), replaced"));
+                }
+                self.crashes += 1;
+            }
+            let client = members[0].node.client();
+            self.check(&client, false, false).await?;
+            let gap = self.workload_rng.range(0, self.swarm.mix.max_gap_ms);
+            if gap > 0 {
+                tokio::time::sleep(Duration::from_millis(gap)).await;
+            }
+        }
+        let client = members[0].node.client();
+        let mut first = members.remove(0);
+        self.liveness(&client, &mut first.node).await?;
+        drop(client);
+        self.note(format!("{} zombies left behind", zombies.len()));
+        drop(zombies);
+        drop(members);
+        drop(first);
+        self.clock.freeze();
+        Ok(())
+    }
+
     /// Plan and run one step. Returns whether the node crashed while it ran.
     async fn run_step(&mut self, client: &Client, crash: &CrashPlan) -> Result<bool, String> {
+        self.run_step_on(std::slice::from_ref(client), crash, None)
+            .await
+    }
+
+    /// Plan and run one step, each operation on one of `clients` (drawn when there are
+    /// several). With `cut`, a mid-step crash cuts that node's link instead of dropping the
+    /// runtime, and every operation is still awaited (those on the cut node fail).
+    async fn run_step_on(
+        &mut self,
+        clients: &[Client],
+        crash: &CrashPlan,
+        cut: Option<(usize, Arc<NodeLink>)>,
+    ) -> Result<bool, String> {
         let ops = plan_step(&mut self.workload_rng, &self.model, &self.swarm.mix);
         let threats: Vec<Threat> = ops.iter().filter_map(Op::threat).collect();
         for t in &threats {
             self.model.threaten(t);
         }
         let moving = moving_names(&ops);
-        let ctx = OpCtx {
-            client: client.clone(),
-            ledger: self.ledger.clone(),
-        };
         let mut handles = Vec::with_capacity(ops.len());
+        let mut picks = Vec::with_capacity(ops.len());
         for op in &ops {
             let jitter = self.workload_rng.range(0, self.swarm.mix.max_jitter_ms);
-            let ctx = ctx.clone();
+            let pick = if clients.len() > 1 {
+                self.workload_rng.below(clients.len() as u64) as usize
+            } else {
+                0
+            };
+            picks.push(pick);
+            let ctx = OpCtx {
+                client: clients[pick].clone(),
+                ledger: self.ledger.clone(),
+            };
             let op = op.clone();
             handles.push(tokio::spawn(async move {
                 if jitter > 0 {
@@ -453,15 +598,39 @@ impl Sim {
                 tokio::time::timeout(OP_TIMEOUT, execute(&ctx, &op)).await
             }));
         }
+        // In a cluster, a mid-step crash cuts one node: its operations are lost with it (not
+        // awaited: a zombie may wait for ever), the others' are awaited as usual.
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+        let victim = match (crash, cut) {
+            (CrashPlan::MidStep(after), Some((victim, link))) => {
+                let after = *after;
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    link.cut();
+                    let _ = cut_tx.send(true);
+                });
+                Some(victim)
+            }
+            _ => None,
+        };
         let joined = async move {
             let mut out = Vec::with_capacity(handles.len());
-            for h in handles {
-                out.push(h.await);
+            for (h, pick) in handles.into_iter().zip(picks) {
+                if victim == Some(pick) {
+                    let mut rx = cut_rx.clone();
+                    tokio::select! {
+                        biased;
+                        r = h => out.push(Some(r)),
+                        _ = rx.wait_for(|cut| *cut) => out.push(None),
+                    }
+                } else {
+                    out.push(Some(h.await));
+                }
             }
             out
         };
         let results = match crash {
-            CrashPlan::MidStep(after) => {
+            CrashPlan::MidStep(after) if victim.is_none() => {
                 tokio::select! {
                     biased;
                     r = joined => Some(r),
@@ -479,6 +648,10 @@ impl Sim {
         };
         let mut acked = Vec::new();
         for (op, r) in ops.iter().zip(results) {
+            let Some(r) = r else {
+                self.note(format!("{} -> lost with its node", op.label()));
+                continue;
+            };
             let outcome = match r {
                 Err(e) => return Err(format!("{}: the operation task failed: {e}", op.label())),
                 Ok(Err(_)) => {
@@ -961,10 +1134,37 @@ pub fn run_seed(cfg: &RunConfig) -> Result<RunReport, Failure> {
     let fail = |sim: &Sim, message: String| Failure {
         seed: cfg.seed,
         steps: cfg.steps,
+        nodes: cfg.nodes,
         step: sim.step,
         message,
     };
-    loop {
+    if cfg.nodes > 1 {
+        let runtime_seed = sim.runtime_rng.next_u64();
+        let rt = build_runtime(runtime_seed)
+            .map_err(|e| fail(&sim, format!("cannot build a runtime: {e}")))?;
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(sim.cluster())));
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(rt)));
+        let panics = take_panics();
+        match outcome {
+            Err(p) => {
+                let mut msg = format!("panicked: {}", panic_message(&*p));
+                if !panics.is_empty() {
+                    msg = format!("{msg} ({})", panics.join(" | "));
+                }
+                return Err(fail(&sim, msg));
+            }
+            Ok(Err(m)) => return Err(fail(&sim, m)),
+            Ok(Ok(())) if dropped.is_err() || !panics.is_empty() => {
+                return Err(fail(
+                    &sim,
+                    format!("panicked while the nodes went down: {}", panics.join(" | ")),
+                ));
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+    while cfg.nodes <= 1 {
         let runtime_seed = sim.runtime_rng.next_u64();
         let rt = build_runtime(runtime_seed)
             .map_err(|e| fail(&sim, format!("cannot build a runtime: {e}")))?;
@@ -1009,6 +1209,7 @@ pub fn run_seed(cfg: &RunConfig) -> Result<RunReport, Failure> {
         virtual_ms: sim.clock.elapsed_ms(),
         lagging_reads: sim.checker.lagging_reads,
         restores: sim.checker.restore_counts(),
+        claims: (sim.checker.claims.claims, sim.checker.claims.takeovers),
         outcomes: sim.outcomes.clone(),
         injected: sim.faults.injected(),
     })
