@@ -25,9 +25,12 @@ PY_PACKAGES=(
     "moto[server]==5.2.5"
 )
 
-# Simulation sweep run by this script (the long sweep is documented in README.md).
+# Simulation sweeps run by this script (the long sweep is documented in README.md): single
+# node, then the multi-node mode (nodes sharing one log and store, crashing independently).
 SIM_SEEDS="${SIM_SEEDS:-0..200}"
 SIM_STEPS="${SIM_STEPS:-500}"
+SIM_CLUSTER_SEEDS="${SIM_CLUSTER_SEEDS:-0..100}"
+SIM_CLUSTER_NODES="${SIM_CLUSTER_NODES:-3}"
 # Exit code by which the simulator says "not implemented yet": the sweep is skipped.
 SIM_NOT_IMPLEMENTED=64
 
@@ -91,6 +94,15 @@ if [ "$rc" -eq "$SIM_NOT_IMPLEMENTED" ]; then
     echo "simulation: the simulator is not implemented yet (exit $rc); skipped"
 elif [ "$rc" -ne 0 ]; then
     echo "simulation: FAILED (exit $rc); rerun one seed to reproduce it (see README.md)" >&2
+    exit "$rc"
+fi
+
+step "multi-node simulation sweep ($SIM_CLUSTER_NODES nodes, seeds $SIM_CLUSTER_SEEDS, $SIM_STEPS steps)"
+rc=0
+cargo run -p snapvault-sim --release -- --seeds "$SIM_CLUSTER_SEEDS" --steps "$SIM_STEPS" \
+    --nodes "$SIM_CLUSTER_NODES" || rc=$?
+if [ "$rc" -ne 0 ]; then
+    echo "simulation: multi-node sweep FAILED (exit $rc); rerun the printed seed to reproduce it" >&2
     exit "$rc"
 fi
 

@@ -15,6 +15,14 @@ fn main() -> ExitCode {
     if let Ok(point) = std::env::var("SNAPVAULT_CRASH_AT") {
         snapvault_actors::crash_points::arm(&point);
     }
+    // ... and with SNAPVAULT_PAUSE_AT=<point>:<millis> to hold the thread there for a while
+    // (a test gate too; only the binary arms it).
+    if let Ok(spec) = std::env::var("SNAPVAULT_PAUSE_AT")
+        && let Err(e) = snapvault_actors::crash_points::arm_pause(&spec)
+    {
+        eprintln!("error[invalid_argument]: SNAPVAULT_PAUSE_AT: {e}");
+        return ExitCode::from(2);
+    }
     // The restore crash test counts the copies a process really made (see
     // snapvault_actors::copy_audit); only the binary arms it.
     if let Some(path) = std::env::var_os("SNAPVAULT_COPY_AUDIT")

@@ -141,6 +141,7 @@ impl Node {
             clock: parts.clock.clone(),
             snapshots: worker.clone(),
             config: gc,
+            work: work.clone(),
         })
         .await?;
         let take_all = work.scope == snapvault_actors::work::Scope::All;

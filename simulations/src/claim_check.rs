@@ -57,6 +57,8 @@ fn step(env: &Envelope) -> Result<Step, String> {
             RestoreEvent::Completed { .. } | RestoreEvent::RolledBack { .. } => Step::End,
             _ => Step::Other,
         }
+    } else if env.stream == snapvault_events::domain::gc::GC_CLAIM_STREAM {
+        Step::Claim(decode::<ClaimEvent>(env).map_err(bad)?)
     } else if env.stream.starts_with("snapshot-") {
         match decode::<SnapshotEvent>(env).map_err(bad)? {
             SnapshotEvent::Claim(c) => Step::Claim(c),
@@ -74,7 +76,8 @@ impl ClaimAudit {
     pub fn apply(&mut self, env: &Envelope) -> Result<(), String> {
         let is_work_stream = env.stream.starts_with("copytask-")
             || env.stream.starts_with("restore-")
-            || env.stream.starts_with("snapshot-");
+            || env.stream.starts_with("snapshot-")
+            || env.stream == snapvault_events::domain::gc::GC_CLAIM_STREAM;
         if !is_work_stream {
             return Ok(());
         }

@@ -472,6 +472,11 @@ impl Checker {
             let e: CopyTaskEvent = decode(env).map_err(|e| format!("{at}: {e}"))?;
             self.show(env, &e);
             self.truth.restores.on_task_event(&at, job, task, &e)?;
+        } else if env.stream == snapvault_events::domain::gc::GC_CLAIM_STREAM {
+            // The GC singleton's claims: checked by `claim_check` like every claim.
+            let e: snapvault_events::domain::claim::ClaimEvent =
+                decode(env).map_err(|e| format!("{at}: {e}"))?;
+            self.show(env, &e);
         } else {
             return Err(format!("{at}: unknown stream kind"));
         }

@@ -64,7 +64,7 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
 }
 
 fn replay(seed: u64, steps: u64, nodes: u32) -> String {
-    format!("cargo run -p snapvault-sim --release -- --seed {seed} --steps {steps} --nodes {nodes}")
+    snapvault_sim::runner::replay_command(seed, steps, nodes)
 }
 
 fn init_tracing() {

@@ -18,7 +18,7 @@ use object_store::{
 use snapvault_events::{Appended, Envelope, EventLog, ExpectedVersion, LogError, NewEvent};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::watch;
 
 /// The link of one node incarnation.
@@ -27,6 +27,26 @@ pub struct NodeLink {
     store: Arc<dyn ObjectStore>,
     cut: AtomicBool,
     name: String,
+    /// Writes (appends, puts, copies) that passed the link before it was cut and have not
+    /// returned yet: a crash lets them land or not, but the runner waits for them to settle
+    /// before it judges the step, as a whole-runtime crash settles them by killing them.
+    writes_in_flight: AtomicU64,
+}
+
+/// Counts one write in flight on a link while it lives.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a AtomicU64) -> InFlight<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl NodeLink {
@@ -36,12 +56,20 @@ impl NodeLink {
             store,
             cut: AtomicBool::new(false),
             name: name.to_string(),
+            writes_in_flight: AtomicU64::new(0),
         })
     }
 
     /// The node crashed: nothing it does reaches the log or the store any more.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait until every write that passed before the cut has returned.
+    pub async fn settled(&self) {
+        while self.writes_in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     fn is_cut(&self) -> bool {
@@ -83,6 +111,7 @@ impl EventLog for LinkedLog {
         events: Vec<NewEvent>,
     ) -> Result<Appended, LogError> {
         self.0.log_cut("append")?;
+        let _w = InFlight::new(&self.0.writes_in_flight);
         self.0.log.append(stream, expected, events).await
     }
 
@@ -144,6 +173,7 @@ impl ObjectStore for LinkedStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         self.0.store_cut("put", location)?;
+        let _w = InFlight::new(&self.0.writes_in_flight);
         self.0.store.put_opts(location, payload, opts).await
     }
 
@@ -194,6 +224,7 @@ impl ObjectStore for LinkedStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.0.store_cut("copy", from)?;
+        let _w = InFlight::new(&self.0.writes_in_flight);
         self.0.store.copy_opts(from, to, options).await
     }
 }

@@ -209,10 +209,18 @@ pub struct Failure {
 
 impl Failure {
     pub fn replay_command(&self) -> String {
-        format!(
-            "cargo run -p snapvault-sim --release -- --seed {} --steps {} --nodes {}",
-            self.seed, self.steps, self.nodes
-        )
+        replay_command(self.seed, self.steps, self.nodes)
+    }
+}
+
+/// The command that replays one seed (`--nodes` only for a multi-node run, so the
+/// single-node format scripts grep for stays as it was).
+pub fn replay_command(seed: u64, steps: u64, nodes: u32) -> String {
+    let base = format!("cargo run -p snapvault-sim --release -- --seed {seed} --steps {steps}");
+    if nodes > 1 {
+        format!("{base} --nodes {nodes}")
+    } else {
+        base
     }
 }
 
@@ -519,6 +527,9 @@ impl Sim {
             self.run_step_on(&clients, &crash, Some((victim, cut)))
                 .await?;
             drop(clients);
+            if matches!(crash, CrashPlan::MidStep(_)) {
+                members[victim].link.settled().await;
+            }
             self.step += 1;
             if !matches!(crash, CrashPlan::None) {
                 generation += 1;
@@ -531,6 +542,7 @@ impl Sim {
                     self.note(format!("node {victim}: graceful shutdown, replaced"));
                 } else {
                     old.link.cut();
+                    old.link.settled().await;
                     zombies.push(old);
                     self.note(format!("node {victim}: cut off (zombie), replaced"));
                 }
@@ -1138,38 +1150,20 @@ pub fn run_seed(cfg: &RunConfig) -> Result<RunReport, Failure> {
         step: sim.step,
         message,
     };
-    if cfg.nodes > 1 {
+    loop {
         let runtime_seed = sim.runtime_rng.next_u64();
         let rt = build_runtime(runtime_seed)
             .map_err(|e| fail(&sim, format!("cannot build a runtime: {e}")))?;
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(sim.cluster())));
-        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(rt)));
-        let panics = take_panics();
-        match outcome {
-            Err(p) => {
-                let mut msg = format!("panicked: {}", panic_message(&*p));
-                if !panics.is_empty() {
-                    msg = format!("{msg} ({})", panics.join(" | "));
-                }
-                return Err(fail(&sim, msg));
-            }
-            Ok(Err(m)) => return Err(fail(&sim, m)),
-            Ok(Ok(())) if dropped.is_err() || !panics.is_empty() => {
-                return Err(fail(
-                    &sim,
-                    format!("panicked while the nodes went down: {}", panics.join(" | ")),
-                ));
-            }
-            Ok(Ok(())) => {}
-        }
-    }
-    while cfg.nodes <= 1 {
-        let runtime_seed = sim.runtime_rng.next_u64();
-        let rt = build_runtime(runtime_seed)
-            .map_err(|e| fail(&sim, format!("cannot build a runtime: {e}")))?;
+        // A cluster runs in one runtime to the end (its crashes cut single nodes); a single
+        // node runs one incarnation per runtime.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rt.block_on(sim.incarnation())
+            rt.block_on(async {
+                if cfg.nodes > 1 {
+                    sim.cluster().await.map(|()| true)
+                } else {
+                    sim.incarnation().await
+                }
+            })
         }));
         // Dropping the runtime is the crash: every task of the node dies where it stood.
         let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(rt)));

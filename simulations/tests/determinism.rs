@@ -68,11 +68,17 @@ fn a_failing_seed_would_print_its_replay_command() {
     let f = snapvault_sim::Failure {
         seed: 5,
         steps: 80,
+        nodes: 1,
         step: 3,
         message: "x".into(),
     };
     assert_eq!(
         f.replay_command(),
         "cargo run -p snapvault-sim --release -- --seed 5 --steps 80"
+    );
+    let cluster = snapvault_sim::Failure { nodes: 3, ..f };
+    assert_eq!(
+        cluster.replay_command(),
+        "cargo run -p snapvault-sim --release -- --seed 5 --steps 80 --nodes 3"
     );
 }

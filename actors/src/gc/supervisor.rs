@@ -7,6 +7,7 @@
 //! so a half-applied event can never leave it wrong.
 
 use crate::gc::ref_index::RefIndex;
+use crate::gc::singleton::{self, Attempt, CycleClaim};
 use crate::gc::sweeper::{GcReport, GcRunOptions, SweepContext, SweepState};
 use crate::snapshot::worker::{get_object, put_object};
 use object_store::ObjectStore;
@@ -19,6 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
+
+/// How often a GC run a user asked for tries again for the claim while another node's cycle
+/// runs.
+const CLAIM_RETRY_MS: u64 = 500;
 
 /// Events applied per read of the log.
 const INDEX_PAGE_EVENTS: usize = 4096;
@@ -256,7 +261,27 @@ struct SweeperState {
 }
 
 impl SweeperState {
-    async fn run(&mut self, options: &GcRunOptions) -> Result<GcReport, Error> {
+    /// Claim the GC singleton for one cycle. `Ok(Err(holder))` when another node runs one: a
+    /// periodic cycle then skips; one a user asked for waits (bounded) for it to end.
+    async fn claim(&self, periodic: bool) -> Result<Result<CycleClaim, String>, Error> {
+        let registry = &self.ctx.snapshots.registry;
+        let work = &self.ctx.work;
+        let give_up_ms = self.ctx.clock.now_ms() + work.claim_ttl_ms + 2 * work.reconcile_ms;
+        loop {
+            match singleton::try_claim(registry, work).await? {
+                Attempt::Held(c) => return Ok(Ok(c)),
+                Attempt::Busy(holder) if periodic => return Ok(Err(holder)),
+                Attempt::Busy(holder) if self.ctx.clock.now_ms() >= give_up_ms => {
+                    return Err(Error::unavailable(format!(
+                        "a GC cycle is running on node '{holder}'; try again when it is done"
+                    )));
+                }
+                Attempt::Busy(_) => tokio::time::sleep(Duration::from_millis(CLAIM_RETRY_MS)).await,
+            }
+        }
+    }
+
+    async fn run(&mut self, options: &GcRunOptions, periodic: bool) -> Result<GcReport, Error> {
         if !self.shared.loaded() {
             let reason = self.shared.not_loaded();
             return Ok(GcReport {
@@ -266,11 +291,33 @@ impl SweeperState {
                 ..GcReport::default()
             });
         }
+        // A dry run deletes nothing: it needs no claim.
+        let claim = if options.dry_run {
+            None
+        } else {
+            match self.claim(periodic).await? {
+                Ok(c) => Some(c),
+                Err(holder) => {
+                    return Ok(GcReport {
+                        dry_run: options.dry_run,
+                        loaded: false,
+                        not_loaded_reason: Some(format!(
+                            "a GC cycle is running on node '{holder}'"
+                        )),
+                        ..GcReport::default()
+                    });
+                }
+            }
+        };
         let mut rx = self.shared.applied_tx.subscribe();
         let report = self
             .ctx
             .cycle(&self.shared.index, &mut rx, &mut self.memory, options)
-            .await?;
+            .await;
+        if let Some(c) = claim {
+            c.release().await;
+        }
+        let report = report?;
         let mut st = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
         if !report.dry_run {
             for (c, a) in &report.reclaimed {
@@ -320,11 +367,11 @@ impl Actor for SweeperActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SweepMsg::Run { options, reply } => {
-                let out = s.run(&options).await;
+                let out = s.run(&options, false).await;
                 let _ = reply.send(out);
             }
             SweepMsg::Tick => {
-                match s.run(&GcRunOptions::default()).await {
+                match s.run(&GcRunOptions::default(), true).await {
                     Ok(r) if !r.loaded => tracing::info!(
                         reason = r.not_loaded_reason.as_deref().unwrap_or(""),
                         "GC cycle skipped"

@@ -97,6 +97,8 @@ pub struct SweepContext {
     pub clock: SharedClock,
     pub snapshots: SnapshotWorker,
     pub config: GcConfig,
+    /// This node's id and claim timings: a cycle holds the GC singleton claim.
+    pub work: crate::work::WorkConfig,
 }
 
 fn store_err(what: &str, e: object_store::Error) -> Error {

@@ -43,6 +43,8 @@ use tokio::sync::{Semaphore, oneshot, watch};
 /// (or the next start): it releases the job's claim.
 const MAX_RUNNER_RESTARTS: u32 = 5;
 const RUNNER_RESTART_BACKOFF_MS: u64 = 500;
+/// Copy tasks of one job a node taking every unit claims per reconcile tick.
+const CLAIMS_PER_JOB_PER_TICK: usize = 1;
 
 pub enum ManagerMsg {
     /// Reconcile, renew, and schedule the next tick.
@@ -171,6 +173,19 @@ fn claimed_epoch(events: impl IntoIterator<Item = Option<ClaimEvent>>) -> Option
         } => Some(Held { epoch, deadline_ms }),
         _ => None,
     })
+}
+
+/// This node's share of `entry`'s bandwidth limit: the limit divided among the nodes holding
+/// its tasks now, this one included. `None` when the job has no limit.
+fn job_share(entry: &JobEntry, node: &str, now_ms: u64) -> Option<u64> {
+    let limit = entry.state.request.as_ref()?.options.max_bytes_per_sec?;
+    let mut holders: BTreeSet<&str> = entry
+        .tasks
+        .values()
+        .filter_map(|t| t.claim.live(now_ms).map(|c| c.node.as_str()))
+        .collect();
+    holders.insert(node);
+    Some((limit / holders.len() as u64).max(1))
 }
 
 impl ManagerState {
@@ -314,7 +329,7 @@ impl ManagerState {
             throttles.push(t.clone());
         }
         if !self.job_throttles.contains_key(&job)
-            && let Some(t) = Throttle::new(opts.max_bytes_per_sec)
+            && let Some(t) = Throttle::new(job_share(entry, self.node(), now_ms))
         {
             self.job_throttles.insert(job, Arc::new(t));
         }
@@ -476,6 +491,16 @@ impl ManagerState {
         }
         let unfinished: BTreeSet<JobId> = entries.iter().map(|e| e.state.job_id()).collect();
         self.job_throttles.retain(|j, _| unfinished.contains(j));
+        // A job's bandwidth limit is the job's, over every node: each node copying for it
+        // gets an equal share (recomputed every tick, as nodes take and finish tasks).
+        for entry in &entries {
+            if let (Some(t), Some(share)) = (
+                self.job_throttles.get(&entry.state.job_id()),
+                job_share(entry, self.node(), now_ms),
+            ) {
+                t.set_rate(share);
+            }
+        }
         self.own
             .retain(|j| unfinished.contains(j) || self.jobs.contains_key(j));
         for entry in &entries {
@@ -497,6 +522,14 @@ impl ManagerState {
 
     async fn take_tasks(&mut self, myself: &ActorRef<ManagerMsg>, entry: &JobEntry, now_ms: u64) {
         let job = entry.state.job_id();
+        // A node taking every unit claims one task of a job per tick (and one more each time
+        // a task of it ends here): nodes pull work as they finish it, so even a job of a few
+        // tasks spreads over the nodes. A one-shot process is alone on its job: it claims up
+        // to its limits at once.
+        let mut budget = match self.ctx.work.scope {
+            Scope::All => CLAIMS_PER_JOB_PER_TICK,
+            Scope::Own => usize::MAX,
+        };
         let parallelism = entry
             .state
             .request
@@ -509,7 +542,7 @@ impl ManagerState {
             .count();
         let started_ms = entry.state.started_ms.unwrap_or(0);
         for (n, t) in &entry.tasks {
-            if self.tasks.len() >= self.ctx.work.max_tasks || live >= parallelism {
+            if self.tasks.len() >= self.ctx.work.max_tasks || live >= parallelism || budget == 0 {
                 return;
             }
             let key = (job, *n);
@@ -529,6 +562,7 @@ impl ManagerState {
             }
             if self.take_task(myself, entry, *n, now_ms).await {
                 live += 1;
+                budget -= 1;
             }
         }
     }
@@ -691,7 +725,11 @@ impl Actor for RestoreManager {
                 task,
                 epoch,
                 outcome,
-            } => s.task_finished(job, task, epoch, outcome).await,
+            } => {
+                s.task_finished(job, task, epoch, outcome).await;
+                // Pull the next piece of work now rather than at the next tick.
+                s.reconcile(&myself).await;
+            }
             ManagerMsg::Shutdown { done } => {
                 let waiters = s.shutting_down.get_or_insert_with(Vec::new);
                 waiters.push(done);

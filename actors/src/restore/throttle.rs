@@ -7,6 +7,7 @@
 //! least 64 KiB) plus one chunk, and a chunk larger than that still moves. Time is tokio time: virtual in the
 //! simulator and in paused-time tests.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -16,7 +17,8 @@ const MIN_BURST_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug)]
 pub struct Throttle {
-    bytes_per_sec: u64,
+    /// May change while copies run (a job's limit is shared by the nodes copying for it).
+    bytes_per_sec: AtomicU64,
     burst_bytes: u64,
     state: Mutex<Bucket>,
 }
@@ -34,7 +36,7 @@ impl Throttle {
         let rate = bytes_per_sec.filter(|r| *r > 0)?;
         let burst = (rate / 10).max(MIN_BURST_BYTES);
         Some(Throttle {
-            bytes_per_sec: rate,
+            bytes_per_sec: AtomicU64::new(rate),
             burst_bytes: burst,
             state: Mutex::new(Bucket {
                 tokens: i128::from(burst),
@@ -44,7 +46,13 @@ impl Throttle {
     }
 
     pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec.load(Ordering::Relaxed)
+    }
+
+    /// Change the rate (at least 1 byte per second); the burst stays as it was.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
         self.bytes_per_sec
+            .store(bytes_per_sec.max(1), Ordering::Relaxed);
     }
 
     /// Wait until `bytes` may move.
@@ -54,7 +62,7 @@ impl Throttle {
                 let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
                 let elapsed_us = now.saturating_duration_since(b.refilled_at).as_micros() as i128;
-                let rate = i128::from(self.bytes_per_sec);
+                let rate = i128::from(self.bytes_per_sec());
                 b.tokens =
                     (b.tokens + elapsed_us * rate / 1_000_000).min(i128::from(self.burst_bytes));
                 b.refilled_at = now;
@@ -83,6 +91,20 @@ mod tests {
             t.take(100_000).await;
         }
         // 10 MB at 1 MB/s: about 10 s (a tenth of a second's budget is there at once).
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(9_700), "took {took:?}");
+        assert!(took <= Duration::from_secs(11), "took {took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_rate_takes_effect() {
+        let t = Throttle::new(Some(1_000_000)).unwrap();
+        t.set_rate(500_000);
+        let start = Instant::now();
+        for _ in 0..50 {
+            t.take(100_000).await;
+        }
+        // 5 MB at 0.5 MB/s: about 10 s.
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(9_700), "took {took:?}");
         assert!(took <= Duration::from_secs(11), "took {took:?}");

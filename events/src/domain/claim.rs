@@ -92,6 +92,14 @@ impl ClaimEvent {
     }
 }
 
+/// A stream of nothing but claims: a singleton unit's (the GC cycle's, `GC_CLAIM_STREAM`).
+impl crate::codec::DomainEvent for ClaimEvent {
+    const SCHEMA_VERSION: u16 = 1;
+    fn event_type(&self) -> &'static str {
+        ClaimEvent::event_type(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const GC_STREAM: &str = "gc";
+/// Who runs the GC cycle now (design §10): a singleton claim, one cycle at a time over every
+/// node on the log.
+pub const GC_CLAIM_STREAM: &str = "gc-claim";
 /// Most keys in one `Reclaiming` event (keeps it far below the 64 KiB event limit).
 pub const MAX_KEYS_PER_EVENT: usize = 200;
 
