@@ -243,7 +243,10 @@ fn try_json(url: &str, args: &[&str]) -> Option<Value> {
         .expect("run snapvault");
     if !out.status.success() {
         eprintln!(
-            "{args:?} failed (asking again): {}",
+            "{args:?} failed at {:?} (asking again): {}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
         return None;
@@ -554,6 +557,9 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
     if std::env::var_os("FAILOVER_DUMP_LOGS").is_some() {
         eprintln!("{}", procs.logs());
     }
+    let mut all_files = Vec::new();
+    files_under(dir.path(), dir.path(), &mut all_files);
+    eprintln!("{} files in the temp dir", all_files.len());
     let t = Instant::now();
     drop(procs);
     eprintln!("children killed in {:?}", t.elapsed());

@@ -480,6 +480,21 @@ pub async fn execute(client: &Client, op: &RestoreOp) -> Result<Vec<Effect>, Err
                 Bad::UnknownPartition => (ErrorCode::NotFound, &[ErrorCode::FailedPrecondition]),
             };
             match outcome {
+                // A snapshot of that name may have been committed since the step was planned
+                // (a create lost with its node, finished by another node's reconciler): then
+                // the name resolves to it, and the restore is right to go ahead.
+                Ok(v)
+                    if *bad == Bad::NotCommitted
+                        && client
+                            .find_snapshot(&start.collection, &start.snapshot)
+                            .await
+                            .is_ok_and(|s| {
+                                s.snapshot_id() == v.snapshot_id
+                                    && s.status == Some(SnapshotStatus::Committed)
+                            }) =>
+                {
+                    Ok(vec![Effect::RestoreStarted { job: v.job_id }])
+                }
                 Ok(v) => Err(broken(format!(
                     "bad restore input ({bad:?}) was accepted as job {}",
                     v.job_id
