@@ -125,6 +125,7 @@ impl Node {
             restore,
             work,
         } = limits;
+        let registry_shared = registry.shared_log;
         let registry = Registry::start(parts.log.clone(), parts.clock.clone(), registry).await?;
         let ids = Arc::new(IdAllocator::new(parts.log.clone(), id_block_size));
         let snapshots = SnapshotIndex::start(parts.log.clone());
@@ -182,8 +183,13 @@ impl Node {
         };
         // Finish what a previous process left unfinished (pending creates, drops, pins).
         let resumer = client.clone();
+        // On a shared log another node may be running any of that work right now: there the
+        // snapshot reconciler, which respects claims, finishes it instead.
+        let shared = registry_shared;
         let resume = tokio::spawn(async move {
-            if let Err(e) = resumer.resume_unfinished().await {
+            if shared {
+                // Nothing to resume here.
+            } else if let Err(e) = resumer.resume_unfinished().await {
                 tracing::warn!(error = %e, "resuming unfinished work failed; it is retried at the next start");
             }
             // Unfinished external refresh tasks: exactly one active per collection, resumed.

@@ -225,6 +225,7 @@ fn task_view(task: u32, t: &TaskProgress, rolled_back: bool, now_ms: u64) -> Tas
     let status = match t.status {
         Some(CopyTaskStatus::Completed) => "completed",
         Some(CopyTaskStatus::Failed) => "failed",
+        Some(CopyTaskStatus::Abandoned) => "abandoned",
         Some(CopyTaskStatus::Planned) if rolled_back => "abandoned",
         Some(CopyTaskStatus::Planned) if t.files_done > 0 => "copying",
         _ => "planned",
@@ -339,7 +340,7 @@ impl Client {
                 Ok(()) => break,
                 Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict) => {
                     if attempt >= START_ATTEMPTS {
-                        self.restores.adopt(job, held);
+                        self.restores.adopt(job, self.still_held(held));
                         return Err(Error::unavailable(format!(
                             "restore job {job} is recorded, but its target could not be reserved yet ({}); it goes on in the background: see `restore status {job}`",
                             e.message
@@ -357,8 +358,15 @@ impl Client {
                 }
             }
         }
-        self.restores.adopt(job, held);
+        self.restores.adopt(job, self.still_held(held));
         self.restore_status(job).await
+    }
+
+    /// The claim `restore start` took, if it is not about to lapse (nothing renews it while
+    /// the start reserves the target); otherwise the node's reconciler claims the job afresh.
+    fn still_held(&self, held: Option<Held>) -> Option<Held> {
+        let safe_until = self.clock_ms() + self.restores.ctx.work.stop_below_ms();
+        held.filter(|h| h.deadline_ms > safe_until)
     }
 
     /// Step 2 of `start_restore`: the target in `Restoring` with its name, then the lease.

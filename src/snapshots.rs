@@ -17,7 +17,7 @@ use snapvault_actors::crash_points::crash_point;
 use snapvault_actors::snapshot::manifest::{self, IndexMeta, PartitionMeta};
 use snapvault_actors::snapshot::worker::VerifyReport;
 use snapvault_actors::snapshot::{Snapshot, SnapshotState};
-use snapvault_events::domain::claim::ClaimCommand;
+use snapvault_events::domain::claim::{ClaimCommand, ClaimEvent};
 use snapvault_events::domain::collection::CollectionCommand;
 use snapvault_events::domain::snapshot::{
     SnapshotCommand, SnapshotIdentity, SnapshotStatus, SnapshotTotals, snapshot_stream,
@@ -208,9 +208,10 @@ impl Client {
             )
             .await?;
         crash_point("snapshot.after_start");
-        // Claimed while it runs, so no reconciler starts the same create elsewhere; the claim
-        // ends with the create (committed or failed) or lapses if this process dies.
-        self.claim_snapshot(snapshot_id).await;
+        // Claimed (and renewed) while it runs, so no reconciler starts the same create
+        // elsewhere; the claim ends with the create (committed or failed) or lapses if this
+        // process dies.
+        let _claim = self.claim_snapshot(snapshot_id).await?;
         let s = self.snapshot_worker.run_create(snapshot_id).await?;
         if s.status == Some(SnapshotStatus::Failed) {
             return Err(Error::unavailable(format!(
@@ -230,7 +231,7 @@ impl Client {
             .execute::<Snapshot>(&snapshot_stream(id), SnapshotCommand::Drop, id)
             .await?;
         crash_point("snapshot.after_drop_requested");
-        self.claim_snapshot(id).await;
+        let _claim = self.claim_snapshot(id).await?;
         let s = self.snapshot_worker.run_delete(id).await?;
         SnapshotView::of(&s).ok_or_else(|| Error::internal("snapshot vanished"))
     }
@@ -406,10 +407,14 @@ impl Client {
         SnapshotView::of(&s).ok_or_else(|| Error::internal("imported snapshot vanished"))
     }
 
-    /// Claim snapshot `id`'s unfinished create or drop for this node; `true` when this node
-    /// holds it now. Best effort: a refusal means another node holds it, a log error that the
-    /// work goes on unclaimed (a reconciler may run it too; every step is idempotent).
-    async fn claim_snapshot(&self, id: SnapshotId) -> bool {
+    /// Claim snapshot `id`'s unfinished create or drop for this node and keep the claim
+    /// renewed while the returned holder lives.
+    /// - `Ok(Some(holder))`: this node holds it;
+    /// - `Ok(None)`: the claim could not be recorded (the log failed): the work goes on
+    ///   unclaimed — a reconciler may run it too after a claim's life; every step is
+    ///   idempotent and the commit fenced by the snapshot's own state;
+    /// - `Err`: another node holds it (`unavailable`, naming the node): leave it to that node.
+    async fn claim_snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotClaim>, Error> {
         let work = &self.restores.ctx.work;
         let claim = SnapshotCommand::Claim(ClaimCommand::Claim {
             node: work.node_id.clone(),
@@ -421,10 +426,22 @@ impl Client {
             .execute::<Snapshot>(&snapshot_stream(id), claim, id)
             .await
         {
-            Ok(_) => true,
+            Ok(done) => {
+                let epoch = done.events.iter().find_map(|e| match e {
+                    snapvault_events::domain::snapshot::SnapshotEvent::Claim(
+                        ClaimEvent::Claimed { epoch, .. },
+                    ) => Some(*epoch),
+                    _ => None,
+                });
+                Ok(epoch.map(|epoch| SnapshotClaim::hold(self.registry.clone(), work, id, epoch)))
+            }
+            Err(e) if e.code == ErrorCode::FailedPrecondition => Err(Error::unavailable(format!(
+                "snapshot {id}'s work runs elsewhere: {}",
+                e.message
+            ))),
             Err(e) => {
                 tracing::debug!(snapshot = id, error = %e, "snapshot work not claimed");
-                false
+                Ok(None)
             }
         }
     }
@@ -453,9 +470,12 @@ impl Client {
             let free = claim.live(now_ms).is_none();
             let young_and_never_claimed =
                 claim.last_epoch == 0 && now_ms < since_ms.saturating_add(work.claim_ttl_ms);
-            if !free || young_and_never_claimed || !self.claim_snapshot(*id).await {
+            if !free || young_and_never_claimed {
                 continue;
             }
+            let Ok(Some(_claim)) = self.claim_snapshot(*id).await else {
+                continue;
+            };
             let r = if deleting.contains(id) {
                 self.snapshot_worker.run_delete(*id).await
             } else {
@@ -542,5 +562,48 @@ impl Client {
             report.pins_released += 1;
         }
         Ok(report)
+    }
+}
+
+/// A snapshot claim this node holds, renewed in the background every third of its life until
+/// dropped (the create or drop ended: its terminal event ends the claim anyway).
+struct SnapshotClaim {
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl SnapshotClaim {
+    fn hold(
+        registry: snapvault_actors::Registry,
+        work: &snapvault_actors::work::WorkConfig,
+        id: SnapshotId,
+        epoch: u64,
+    ) -> SnapshotClaim {
+        let node = work.node_id.clone();
+        let ttl_ms = work.claim_ttl_ms;
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis((ttl_ms / 3).max(1))).await;
+                let renew = SnapshotCommand::Claim(ClaimCommand::Renew {
+                    node: node.clone(),
+                    epoch,
+                    deadline_ms: registry.clock().now_ms() + ttl_ms,
+                });
+                match registry
+                    .execute::<Snapshot>(&snapshot_stream(id), renew, id)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.code == ErrorCode::FailedPrecondition => return,
+                    Err(e) => tracing::debug!(snapshot = id, error = %e, "claim not renewed yet"),
+                }
+            }
+        });
+        SnapshotClaim { renewer }
+    }
+}
+
+impl Drop for SnapshotClaim {
+    fn drop(&mut self) {
+        self.renewer.abort();
     }
 }

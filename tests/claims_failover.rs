@@ -15,6 +15,8 @@
 use serde_json::Value;
 use snapvault_events::codec;
 use snapvault_events::domain::claim::ClaimEvent;
+use snapvault_events::domain::collection::CollectionEvent;
+use snapvault_events::domain::collection_stream;
 use snapvault_events::domain::restore::{
     CopyTaskEvent, RestoreEvent, copy_task_stream, restore_stream,
 };
@@ -243,10 +245,7 @@ fn try_json(url: &str, args: &[&str]) -> Option<Value> {
         .expect("run snapvault");
     if !out.status.success() {
         eprintln!(
-            "{args:?} failed at {:?} (asking again): {}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
+            "{args:?} failed (asking again): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
         return None;
@@ -315,15 +314,25 @@ fn read_log<T>(url: &str, read: impl AsyncFnOnce(&dyn EventLog) -> T) -> T {
     })
 }
 
-/// Every event of `stream`, decoded as `E`.
-async fn stream_events<E: codec::DomainEvent>(log: &dyn EventLog, stream: &str) -> Vec<E> {
-    let envs = log
-        .read_stream(stream, 1, 10_000)
-        .await
-        .unwrap_or_else(|e| panic!("read {stream}: {e}"));
-    envs.iter()
-        .map(|env| codec::decode::<E>(env).unwrap_or_else(|e| panic!("decode {stream}: {e}")))
-        .collect()
+/// Every event of `stream`, decoded as `E`, with the time it was recorded (ms since the
+/// epoch, the recording node's clock).
+async fn stream_events<E: codec::DomainEvent>(log: &dyn EventLog, stream: &str) -> Vec<(u64, E)> {
+    const PAGE: usize = 1024;
+    let mut out = Vec::new();
+    loop {
+        let page = log
+            .read_stream(stream, out.len() as u64 + 1, PAGE)
+            .await
+            .unwrap_or_else(|e| panic!("read {stream}: {e}"));
+        let n = page.len();
+        for env in page {
+            let e = codec::decode::<E>(&env).unwrap_or_else(|e| panic!("decode {stream}: {e}"));
+            out.push((env.time_ms, e));
+        }
+        if n < PAGE {
+            return out;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,11 +340,55 @@ async fn stream_events<E: codec::DomainEvent>(log: &dyn EventLog, stream: &str) 
 // ---------------------------------------------------------------------------------------------
 
 const BURST: usize = 20;
+/// Segments of the source collection: enough that 20 creates at once take a few hundred ms
+/// (each create of a collection that moved since its pin replays the collection's stream up
+/// to its pin); the test checks that the outage did cut some.
+const BURST_SEGMENTS: &str = "1000";
+/// nats-server is killed this long after the burst started, or when the first create
+/// returned if that is earlier.
+const KILL_AFTER: Duration = Duration::from_millis(300);
 const OUTAGE: Duration = Duration::from_secs(30);
 /// `serve --claim-ttl`.
 const SNAPSHOT_CLAIM_TTL: Duration = Duration::from_secs(5);
-/// How long after the server is back every snapshot must have ended.
-const SETTLE: Duration = Duration::from_secs(15);
+/// How long after the server is back (on top of the claim TTL) every snapshot must have
+/// ended: "within one claim deadline", with 5 s for a loaded machine. Measured: the nodes
+/// reconnect within ~2 s and their log tails resubscribe at once on the reconnect
+/// (`events/src/jetstream.rs`); every snapshot had ended 3.6 s after the restart. (Before
+/// that fix a tail waited ~15 s for async-nats to give up on the consumer the restarted
+/// server no longer had.)
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Snapshots pinned in collection `collection`'s stream, never unpinned and not among
+/// `listed`: creates that died between their pin and their start, which no list shows but
+/// which are unfinished work all the same (the reconciler adopts them).
+fn orphan_pins(url: &str, collection: u64, listed: &BTreeSet<u64>) -> Vec<(u64, String)> {
+    let events: Vec<(u64, CollectionEvent)> = read_log(url, async |log| {
+        stream_events(log, &collection_stream(collection)).await
+    });
+    let mut pins = BTreeMap::new();
+    for (_, e) in events {
+        match e {
+            CollectionEvent::SnapshotPinned {
+                snapshot_id, name, ..
+            } => {
+                pins.insert(snapshot_id, name);
+            }
+            CollectionEvent::SnapshotUnpinned { snapshot_id } => {
+                pins.remove(&snapshot_id);
+            }
+            _ => {}
+        }
+    }
+    pins.into_iter()
+        .filter(|(id, _)| !listed.contains(id))
+        .collect()
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 #[test]
 fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
@@ -353,15 +406,15 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
         pids.insert(id, node.pid());
     }
 
-    json(&url, &["collection", "create", "c1", "--shards", "2"]);
-    let segs = std::env::var("FAILOVER_SEGMENTS").unwrap_or("12".into());
+    let c1 = json(&url, &["collection", "create", "c1", "--shards", "2"]);
+    let c1 = u64_of(&c1, "id");
     json(
         &url,
         &[
             "ingest",
             "c1",
             "--segments",
-            &segs,
+            BURST_SEGMENTS,
             "--files",
             "1",
             "--size",
@@ -370,8 +423,8 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
     );
     eprintln!("setup took {:?}; nodes {pids:?}", began.elapsed());
 
-    // The burst: 20 creates at once, each asking for 2 s per attempt (4 attempts), so each
-    // CLI gives up within the outage when nobody answers.
+    // The burst: 20 creates at once, each asking 4 times for 2 s, so a CLI whose request is
+    // cut gives up within the outage (the node that took the request goes on with it).
     let names: Vec<String> = (0..BURST).map(|i| format!("s{i:02}")).collect();
     let mut outputs = Vec::new();
     let burst_at = Instant::now();
@@ -388,21 +441,27 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
         procs.others.push(child);
         outputs.push((name.clone(), out, err));
     }
-    let kill_after = std::env::var("FAILOVER_KILL_AFTER_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
-    std::thread::sleep(Duration::from_millis(kill_after));
+    // Kill it ~300 ms in, or as soon as the first create returned if that is earlier (on
+    // an idle machine the whole burst takes about 300 ms): most creates are then in flight.
+    while burst_at.elapsed() < KILL_AFTER
+        && !procs
+            .others
+            .iter_mut()
+            .any(|c| matches!(c.try_wait(), Ok(Some(_))))
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let down_wall_ms = wall_ms();
     nats.kill();
     let down_at = Instant::now();
-    let done_before_kill = procs
+    let returned_before_kill = procs
         .others
         .iter_mut()
         .filter_map(|c| c.try_wait().ok().flatten())
         .count();
     eprintln!(
-        "nats-server killed {:?} after the burst started; {done_before_kill} of {BURST} creates \
-         had returned",
+        "nats-server killed {:?} after the burst started; {returned_before_kill} of {BURST} \
+         creates had returned",
         down_at - burst_at
     );
     std::thread::sleep(OUTAGE);
@@ -418,10 +477,11 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
         );
     }
 
-    // Within the claim TTL plus slack, nothing may be pending.
+    // Within the claim TTL plus slack, nothing may be pending (and every CLI has returned).
     let deadline = up_at + SNAPSHOT_CLAIM_TTL + SETTLE;
     let mut first_answer: Option<Duration> = None;
     let mut last_list: Option<Value> = None;
+    let mut orphans = Vec::new();
     let (settled_after, list) = loop {
         if Instant::now() > deadline {
             break (None, last_list);
@@ -441,18 +501,26 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
                 .filter(Option::is_none)
                 .count();
             if pending == 0 && cli_running == 0 {
-                break (Some(up_at.elapsed()), Some(l));
+                let listed: BTreeSet<u64> = l["snapshots"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s["id"].as_u64())
+                    .collect();
+                orphans = orphan_pins(&url, c1, &listed);
+                if orphans.is_empty() {
+                    break (Some(up_at.elapsed()), Some(l));
+                }
             }
             last_list = Some(l);
         }
         std::thread::sleep(Duration::from_millis(250));
     };
 
-    // What each CLI process said, and what the log holds for each name.
+    // What each CLI process said.
     let mut cli_outcomes = BTreeMap::new();
     for (i, (name, out, err)) in outputs.iter().enumerate() {
-        let status = procs.others[i].try_wait().ok().flatten();
-        let said = match status {
+        let said = match procs.others[i].try_wait().ok().flatten() {
             Some(s) if s.success() => {
                 let v: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap())
                     .unwrap_or(Value::Null);
@@ -475,6 +543,7 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
         .as_ref()
         .and_then(|l| l["snapshots"].as_array().cloned())
         .unwrap_or_default();
+    // Name → (id, state) of every snapshot of that name.
     let mut by_name: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
     for s in &listed {
         by_name
@@ -485,60 +554,99 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
                 s["status"].as_str().unwrap_or_default().to_string(),
             ));
     }
+    // The log's account of each: who claimed it (node@epoch), how and when it ended.
+    let ids: Vec<u64> = by_name.values().flatten().map(|(id, _)| *id).collect();
+    let history: BTreeMap<u64, Vec<(u64, SnapshotEvent)>> = read_log(&url, async |log| {
+        let mut out = BTreeMap::new();
+        for id in ids {
+            out.insert(id, stream_events(log, &snapshot_stream(id)).await);
+        }
+        out
+    });
+    let describe = |id: u64| -> (String, Option<u64>) {
+        let mut claims = Vec::new();
+        let mut ended = None;
+        for (t, e) in history.get(&id).into_iter().flatten() {
+            match e {
+                SnapshotEvent::Claim(ClaimEvent::Claimed { node, epoch, .. }) => {
+                    claims.push(format!("{node}@{epoch}"));
+                }
+                SnapshotEvent::Committed { .. } | SnapshotEvent::Failed { .. } => {
+                    ended = Some(*t);
+                }
+                _ => {}
+            }
+        }
+        let when = match ended {
+            Some(t) if t >= down_wall_ms => "ended after the outage",
+            Some(_) => "ended before the kill",
+            None => "not ended",
+        };
+        (format!("claims [{}], {when}", claims.join(", ")), ended)
+    };
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut ended_after_outage = 0;
+    let mut taken_over = 0;
     for name in &names {
-        let state = match by_name.get(name) {
-            None => "never created".to_string(),
-            Some(v) => v
-                .iter()
-                .map(|(_, s)| s.clone())
-                .collect::<Vec<_>>()
-                .join("+"),
+        let (state, detail) = match by_name.get(name) {
+            None => ("never created".to_string(), String::new()),
+            Some(v) => {
+                let mut details = Vec::new();
+                for (id, _) in v {
+                    let (d, ended) = describe(*id);
+                    ended_after_outage += usize::from(ended.is_some_and(|t| t >= down_wall_ms));
+                    taken_over += usize::from(d.matches('@').count() > 1);
+                    details.push(format!("id {id}: {d}"));
+                }
+                let states: Vec<&str> = v.iter().map(|(_, s)| s.as_str()).collect();
+                (states.join("+"), details.join("; "))
+            }
         };
         *counts.entry(state.clone()).or_default() += 1;
         eprintln!(
-            "  {name}: {state:<14} (CLI: {})",
+            "  {name}: {state:<14} {detail} (CLI: {})",
             cli_outcomes.get(name).map(String::as_str).unwrap_or("?")
         );
     }
     eprintln!(
         "after the restart: first answer {first_answer:?}, settled {settled_after:?} (bound \
-         {:?}); outcomes {counts:?}; test took {:?}",
+         {:?}); outcomes {counts:?}; {ended_after_outage} ended after the outage, {taken_over} \
+         taken over by a second claim; test took {:?}",
         SNAPSHOT_CLAIM_TTL + SETTLE,
         began.elapsed()
     );
 
-    let pending: Vec<(String, u64)> = by_name
+    let history = &history;
+    let pending: Vec<String> = by_name
         .iter()
         .flat_map(|(n, v)| {
             v.iter()
                 .filter(|(_, s)| s == "pending")
-                .map(move |(id, _)| (n.clone(), *id))
+                .map(move |(id, _)| format!("{n} (id {id}): {:?}", history.get(id)))
         })
         .collect();
-    if !pending.is_empty() || list.is_none() {
-        // The log's own account of every pending snapshot, for the report.
-        let detail = if list.is_none() {
-            "no snapshot list ever answered".to_string()
-        } else {
-            read_log(&url, async |log| {
-                let mut out = String::new();
-                for (name, id) in &pending {
-                    let events: Vec<SnapshotEvent> =
-                        stream_events(log, &snapshot_stream(*id)).await;
-                    out.push_str(&format!("{name} (id {id}): {events:?}\n"));
-                }
-                out
-            })
-        };
-        panic!(
-            "{} snapshot(s) still pending {:?} after nats-server came back (claim TTL \
-             {SNAPSHOT_CLAIM_TTL:?} + {SETTLE:?}):\n{detail}\n{}",
-            pending.len(),
-            up_at.elapsed(),
-            procs.logs()
-        );
-    }
+    assert!(
+        list.is_some(),
+        "no snapshot list answered within {:?} after nats-server came back\n{}",
+        SNAPSHOT_CLAIM_TTL + SETTLE,
+        procs.logs()
+    );
+    assert!(
+        pending.is_empty(),
+        "{} snapshot(s) still pending {:?} after nats-server came back (claim TTL \
+         {SNAPSHOT_CLAIM_TTL:?} + {SETTLE:?}):\n{}\n{}",
+        pending.len(),
+        up_at.elapsed(),
+        pending.join("\n"),
+        procs.logs()
+    );
+    assert!(
+        orphans.is_empty(),
+        "create(s) pinned but never started (not listed, still unfinished) {:?} after \
+         nats-server came back: {orphans:?}\n{}",
+        up_at.elapsed(),
+        procs.logs()
+    );
     for (name, v) in &by_name {
         for (id, s) in v {
             assert!(
@@ -548,25 +656,18 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
             );
         }
     }
+    assert!(
+        ended_after_outage > 0,
+        "every create ended before nats-server was killed: the outage cut nothing (make the \
+         creates slower or the kill earlier)"
+    );
     for id in ["n1", "n2"] {
         let pid = pids[id];
         let n = procs.node(id);
         assert!(n.alive(), "serve {id} exited\n{}", procs.logs());
         assert_eq!(n.pid(), pid, "serve {id} is the process started first");
     }
-    if std::env::var_os("FAILOVER_DUMP_LOGS").is_some() {
-        eprintln!("{}", procs.logs());
-    }
-    let mut all_files = Vec::new();
-    files_under(dir.path(), dir.path(), &mut all_files);
-    eprintln!("{} files in the temp dir", all_files.len());
-    let t = Instant::now();
     drop(procs);
-    eprintln!("children killed in {:?}", t.elapsed());
-    drop(nats);
-    eprintln!("nats killed in {:?}", t.elapsed());
-    drop(dir);
-    eprintln!("temp dir removed in {:?}", t.elapsed());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -755,7 +856,11 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
 
     // The log: every claim of the job is n1's; one request, no rollback, one completion.
     let (job_events, task_claims) = read_log(&url, async |log| {
-        let events: Vec<RestoreEvent> = stream_events(log, &restore_stream(job)).await;
+        let events: Vec<RestoreEvent> = stream_events(log, &restore_stream(job))
+            .await
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
         let planned = events
             .iter()
             .find_map(|e| match e {
@@ -765,8 +870,9 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
             .unwrap_or(0);
         let mut task_claims: BTreeMap<String, u32> = BTreeMap::new();
         for t in 0..planned {
-            let task: Vec<CopyTaskEvent> = stream_events(log, &copy_task_stream(job, t)).await;
-            for e in task {
+            let task: Vec<(u64, CopyTaskEvent)> =
+                stream_events(log, &copy_task_stream(job, t)).await;
+            for (_, e) in task {
                 if let CopyTaskEvent::Claim(ClaimEvent::Claimed { node, .. }) = e {
                     *task_claims.entry(node).or_default() += 1;
                 }
@@ -795,7 +901,6 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
     }
     let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
     assert_eq!(count("Requested"), 1, "{kinds:?}");
-    assert_eq!(count("Claimed"), 1, "one claim, at request: {kinds:?}");
     assert_eq!(count("Completed"), 1, "{kinds:?}");
     assert_eq!(count("RollbackStarted"), 0, "{kinds:?}");
     assert_eq!(count("RolledBack"), 0, "{kinds:?}");

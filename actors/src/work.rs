@@ -79,9 +79,11 @@ impl WorkConfig {
         self.claim_ttl_ms.saturating_mul(2) / 3
     }
 
-    /// Stop working on a claim once less than this is left without a renewal.
+    /// Stop working on a claim once less than this is left without a renewal: the safety
+    /// margin, but at most a sixth of the TTL, so a renewal due at two thirds and late by a
+    /// reconcile tick (at most a third, `serve` checks) still comes before it.
     pub fn stop_below_ms(&self) -> u64 {
-        self.safety_margin_ms.min(self.claim_ttl_ms / 3)
+        self.safety_margin_ms.min(self.claim_ttl_ms / 6)
     }
 
     /// A deterministic jitter in `0..reconcile_ms/4` for tick `n`, so nodes started together

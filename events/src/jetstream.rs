@@ -987,10 +987,21 @@ fn subscribe_ordered(inner: Arc<Inner>, from: u64) -> Subscription {
         messages: Option<consumer::pull::Ordered>,
         failures: u32,
         done: bool,
+        /// The client's connection count when the consumer was made: a server that came back
+        /// from a restart no longer has the consumer, and the client library only notices
+        /// after ~15 s of "consumer not found"; so a reconnect makes the tail resubscribe at
+        /// once (from the next position: nothing is skipped or repeated).
+        connects: u64,
     }
     /// Consecutive failures to (re)create the consumer before the subscription gives up.
     const MAX_FAILURES: u32 = 8;
+    /// How often the tail looks whether the client reconnected while it waits for messages.
+    const RECONNECT_CHECK_MS: u64 = 250;
+    fn connects(c: &Client) -> u64 {
+        c.statistics().connects.load(Ordering::Relaxed)
+    }
     let start = Tail {
+        connects: connects(&inner.client),
         inner,
         next: from.max(1),
         messages: None,
@@ -1019,7 +1030,10 @@ fn subscribe_ordered(inner: Arc<Inner>, from: u64) -> Subscription {
                     Err(e) => Err(e.to_string()),
                 };
                 match messages {
-                    Ok(m) => t.messages = Some(m),
+                    Ok(m) => {
+                        t.messages = Some(m);
+                        t.connects = connects(&t.inner.client);
+                    }
                     Err(e) => {
                         t.failures += 1;
                         if t.failures >= MAX_FAILURES {
@@ -1037,7 +1051,22 @@ fn subscribe_ordered(inner: Arc<Inner>, from: u64) -> Subscription {
             let Some(messages) = t.messages.as_mut() else {
                 continue;
             };
-            match messages.next().await {
+            let next = tokio::select! {
+                biased;
+                m = messages.next() => Some(m),
+                _ = tokio::time::sleep(Duration::from_millis(RECONNECT_CHECK_MS)) => None,
+            };
+            let Some(next) = next else {
+                if connects(&t.inner.client) != t.connects {
+                    tracing::debug!(
+                        next = t.next,
+                        "the NATS client reconnected; resubscribing the log tail"
+                    );
+                    t.messages = None;
+                }
+                continue;
+            };
+            match next {
                 Some(Ok(m)) => {
                     t.failures = 0;
                     let seq = match m.info() {

@@ -49,7 +49,7 @@ fn step(env: &Envelope) -> Result<Step, String> {
             CopyTaskEvent::Claim(c) => Step::Claim(c),
             CopyTaskEvent::FilesCopied { .. } => Step::Work,
             CopyTaskEvent::Completed { .. } | CopyTaskEvent::Failed { .. } => Step::End,
-            CopyTaskEvent::Planned { .. } => Step::Other,
+            CopyTaskEvent::Planned { .. } | CopyTaskEvent::Abandoned { .. } => Step::Other,
         }
     } else if env.stream.starts_with("restore-") {
         match decode::<RestoreEvent>(env).map_err(bad)? {

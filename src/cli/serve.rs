@@ -87,6 +87,13 @@ impl ServeArgs {
         if let Some(ms) = duration("--placement-delay", &self.placement_delay, 0, 3_600_000)? {
             work.placement_delay_ms = ms;
         }
+        // Renewals happen on reconcile ticks: a claim must outlive several of them.
+        if work.reconcile_ms.saturating_mul(3) > work.claim_ttl_ms {
+            return Err(Error::invalid_argument(format!(
+                "--reconcile-interval ({} ms) must be at most a third of --claim-ttl ({} ms): claims are renewed on reconcile ticks",
+                work.reconcile_ms, work.claim_ttl_ms
+            )));
+        }
         Ok(work)
     }
 

@@ -255,6 +255,11 @@ pub struct CopyRunnerArgs {
     pub task: u32,
     /// The epoch of this node's claim on the task: every record carries it.
     pub epoch: u64,
+    /// The claim's deadline, moved on by the manager at each renewal. The copier stops by
+    /// itself before copying a file once less than `stop_below_ms` of it is left (by this
+    /// node's clock), even if the manager is too busy to tell it: it fences itself out.
+    pub claim_deadline_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub stop_below_ms: u64,
     pub verify: bool,
     /// The node's file copies in flight, shared by every task it runs.
     pub permits: Arc<Semaphore>,
@@ -382,6 +387,15 @@ async fn copy_with_retries(
     let mut delay_ms = cfg.retry_initial_ms.max(1);
     let mut attempt = 1;
     loop {
+        let deadline_ms = args.claim_deadline_ms.load(Ordering::SeqCst);
+        if deadline_ms <= args.ctx.clock.now_ms().saturating_add(args.stop_below_ms) {
+            tracing::info!(
+                job = args.job_id,
+                task = args.task,
+                "copy task claim about to lapse unrenewed; stopping"
+            );
+            stop.set_local();
+        }
         if stop.is_set() {
             return Err(CopyFailure::Stopped);
         }
@@ -437,6 +451,7 @@ pub async fn run_task(args: &CopyRunnerArgs) -> TaskOutcome {
         }
         Some(CopyTaskStatus::Planned) => {}
         Some(CopyTaskStatus::Completed) => return TaskOutcome::Done,
+        Some(CopyTaskStatus::Abandoned) => return TaskOutcome::Lost,
         Some(CopyTaskStatus::Failed) => {
             let (key, reason) = failure.unwrap_or_default();
             return TaskOutcome::Failed { key, reason };

@@ -167,10 +167,17 @@ impl Aggregate for CopyTask {
                     .map(E::Claim)
                     .collect()),
                 None => Err(Error::not_found("copy task not found")),
-                // An ended task is not claimed; renewing or releasing it changes nothing.
+                // An ended task is not claimed; an abandoned one is not renewed either (its
+                // holder must stop); releasing, or renewing a finished task, changes nothing.
                 Some(_) if matches!(claim, ClaimCommand::Claim { .. }) => Err(
                     Error::failed_precondition(format!("{} has ended", s.label())),
                 ),
+                Some(S::Abandoned) if matches!(claim, ClaimCommand::Renew { .. }) => {
+                    Err(Error::failed_precondition(format!(
+                        "claim lost: {} was abandoned by its job's rollback",
+                        s.label()
+                    )))
+                }
                 Some(_) => Ok(s
                     .claim
                     .decide(claim, now_ms, &s.label())
@@ -181,6 +188,12 @@ impl Aggregate for CopyTask {
                 match s.status {
                     Some(S::Planned) => {}
                     None => return Err(Error::not_found("copy task not found")),
+                    Some(S::Abandoned) => {
+                        return Err(Error::failed_precondition(format!(
+                            "claim lost: {} was abandoned by its job's rollback",
+                            s.label()
+                        )));
+                    }
                     // Late progress after the end changes nothing.
                     Some(_) => return Ok(vec![]),
                 }
@@ -237,6 +250,15 @@ impl Aggregate for CopyTask {
                     "{} failed; it cannot complete",
                     s.label()
                 ))),
+                Some(S::Abandoned) => Err(Error::failed_precondition(format!(
+                    "claim lost: {} was abandoned by its job's rollback",
+                    s.label()
+                ))),
+                None => Err(Error::not_found("copy task not found")),
+            },
+            C::Abandon => match s.status {
+                Some(S::Planned) => Ok(vec![E::Abandoned { at_ms: now_ms }]),
+                Some(_) => Ok(vec![]),
                 None => Err(Error::not_found("copy task not found")),
             },
             C::Fail { key, reason, epoch } => match s.status {
@@ -251,6 +273,10 @@ impl Aggregate for CopyTask {
                 Some(S::Failed) => Ok(vec![]),
                 Some(S::Completed) => Err(Error::failed_precondition(format!(
                     "{} completed; it cannot fail",
+                    s.label()
+                ))),
+                Some(S::Abandoned) => Err(Error::failed_precondition(format!(
+                    "claim lost: {} was abandoned by its job's rollback",
                     s.label()
                 ))),
                 None => Err(Error::not_found("copy task not found")),
@@ -303,6 +329,12 @@ impl Aggregate for CopyTask {
                 s.claim.end(*at_ms);
             }
             E::Claim(c) => s.claim.evolve(c),
+            // The holder keeps its claim until it releases or it lapses: the rollback waits
+            // for that, then nothing can land any more.
+            E::Abandoned { at_ms } => {
+                s.status = Some(CopyTaskStatus::Abandoned);
+                s.last_progress_ms = *at_ms;
+            }
         }
     }
 }

@@ -165,6 +165,7 @@ impl Tables {
                 t.failure = Some(format!("{key}: {reason}"));
                 t.claim.end(*at_ms);
             }
+            CopyTaskEvent::Abandoned { .. } => t.status = Some(CopyTaskStatus::Abandoned),
         }
         if let (Some((files, bytes, at_ms, node)), Some(e)) = (progressed, self.jobs.get_mut(&job))
         {

@@ -36,6 +36,7 @@ use snapvault_events::domain::restore::{
 use snapvault_events::{Error, ErrorCode};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot, watch};
 
@@ -43,6 +44,11 @@ use tokio::sync::{Semaphore, oneshot, watch};
 /// (or the next start): it releases the job's claim.
 const MAX_RUNNER_RESTARTS: u32 = 5;
 const RUNNER_RESTART_BACKOFF_MS: u64 = 500;
+/// Most jobs one node coordinates at once (their copy tasks are bounded by `max_tasks`).
+const MAX_JOBS_COORDINATED: usize = 64;
+/// After this many runner failures a job waits `RUNNER_GIVE_UP_MS` before this node claims
+/// it again (another node may take it meanwhile).
+const RUNNER_GIVE_UP_MS: u64 = 600_000;
 /// Copy tasks of one job a node taking every unit claims per reconcile tick.
 const CLAIMS_PER_JOB_PER_TICK: usize = 1;
 
@@ -86,6 +92,8 @@ struct TaskRun {
     actor: ActorId,
     claim: Held,
     stop: watch::Sender<bool>,
+    /// Shared with the copier: it stops by itself when this is about to pass.
+    deadline_ms: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +160,8 @@ pub struct ManagerState {
     retries: BTreeMap<(JobId, u32), u32>,
     not_before_ms: BTreeMap<(JobId, u32), u64>,
     restarts: BTreeMap<JobId, u32>,
+    /// A job whose runner failed here is not claimed again here before this time.
+    job_not_before_ms: BTreeMap<JobId, u64>,
     /// File copies in flight on this node, over every task.
     permits: Arc<Semaphore>,
     node_throttle: Option<Arc<Throttle>>,
@@ -337,11 +347,14 @@ impl ManagerState {
             throttles.push(t.clone());
         }
         let (stop, stop_rx) = watch::channel(false);
+        let deadline_ms = Arc::new(AtomicU64::new(held.deadline_ms));
         let args = CopyRunnerArgs {
             ctx: self.ctx.clone(),
             job_id: job,
             task,
             epoch: held.epoch,
+            claim_deadline_ms: deadline_ms.clone(),
+            stop_below_ms: self.ctx.work.stop_below_ms(),
             verify: opts.verify_checksums,
             permits: self.permits.clone(),
             parallelism: (opts.parallelism.max(1) as usize)
@@ -369,6 +382,7 @@ impl ManagerState {
                         actor: child.get_id(),
                         claim: held,
                         stop,
+                        deadline_ms,
                     },
                 );
                 true
@@ -444,6 +458,8 @@ impl ManagerState {
                 Ok(_) => {
                     if let Some(run) = self.tasks.get_mut(&(job, task)) {
                         run.claim.deadline_ms = now_ms + work.claim_ttl_ms;
+                        run.deadline_ms
+                            .store(run.claim.deadline_ms, std::sync::atomic::Ordering::SeqCst);
                     }
                     true
                 }
@@ -509,7 +525,12 @@ impl ManagerState {
                 continue;
             }
             if !self.jobs.contains_key(&job)
+                && self.jobs.len() < MAX_JOBS_COORDINATED
                 && !self.starting.contains(job)
+                && self
+                    .job_not_before_ms
+                    .get(&job)
+                    .is_none_or(|t| *t <= now_ms)
                 && self.claimable(&entry.state.claim, now_ms)
             {
                 self.take_job(myself, job, now_ms).await;
@@ -686,6 +707,7 @@ impl Actor for RestoreManager {
             retries: BTreeMap::new(),
             not_before_ms: BTreeMap::new(),
             restarts: BTreeMap::new(),
+            job_not_before_ms: BTreeMap::new(),
             permits,
             node_throttle,
             job_throttles: BTreeMap::new(),
@@ -756,15 +778,23 @@ impl Actor for RestoreManager {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(who, _, _) => {
-                // A runner that stopped (its job ended, or it was told to) gives its claim
-                // back, so another node need not wait for the deadline.
-                let held = match s.by_actor.get(&who.get_id()) {
-                    Some(Unit::Job(job)) => s.jobs.get(job).map(|r| (*job, r.claim.epoch)),
-                    _ => None,
+                // A runner or copier that stopped gives its claim back, so another node need
+                // not wait for the deadline. (Supervision events overtake ordinary messages:
+                // a copier's `TaskFinished` may come after this, or never, at shutdown; the
+                // release is idempotent either way.)
+                let unit = s.by_actor.get(&who.get_id()).copied();
+                let epoch = match unit {
+                    Some(Unit::Job(job)) => s.jobs.get(&job).map(|r| r.claim.epoch),
+                    Some(Unit::Task(job, task)) => s.tasks.get(&(job, task)).map(|r| r.claim.epoch),
+                    None => None,
                 };
                 s.forget(who.get_id());
-                if let Some((job, epoch)) = held {
-                    s.release_job(job, epoch).await;
+                match (unit, epoch) {
+                    (Some(Unit::Job(job)), Some(epoch)) => s.release_job(job, epoch).await,
+                    (Some(Unit::Task(job, task)), Some(epoch)) => {
+                        s.release_task(job, task, epoch).await
+                    }
+                    _ => {}
                 }
             }
             SupervisionEvent::ActorFailed(who, err) => match s.by_actor.get(&who.get_id()).copied()
@@ -782,28 +812,26 @@ impl Actor for RestoreManager {
                     .await;
                 }
                 Some(Unit::Job(job)) => {
+                    // Its claim is released now and claimed afresh (a new epoch) after a
+                    // backoff — never resumed under the old one, which may have lapsed.
                     let claim = s.jobs.get(&job).map(|r| r.claim);
                     s.forget(who.get_id());
+                    if let Some(held) = claim {
+                        s.release_job(job, held.epoch).await;
+                    }
                     let n = s.restarts.entry(job).or_insert(0);
                     *n += 1;
                     let n = *n;
-                    match claim {
-                        Some(held) if s.shutting_down.is_none() && n <= MAX_RUNNER_RESTARTS => {
-                            tracing::warn!(job, error = %err, restart = n, "restore job runner failed; starting it again");
-                            let delay = RUNNER_RESTART_BACKOFF_MS << n.min(8);
-                            myself.send_after(Duration::from_millis(delay), move || {
-                                ManagerMsg::Adopt {
-                                    job,
-                                    claim: Some(held),
-                                }
-                            });
-                        }
-                        Some(held) => {
-                            tracing::error!(job, error = %err, "restore job runner keeps failing; releasing the job to other nodes");
-                            s.release_job(job, held.epoch).await;
-                        }
-                        None => {}
-                    }
+                    let delay = if n <= MAX_RUNNER_RESTARTS {
+                        tracing::warn!(job, error = %err, restart = n, "restore job runner failed; claiming it again after a backoff");
+                        RUNNER_RESTART_BACKOFF_MS << n.min(8)
+                    } else {
+                        tracing::error!(job, error = %err, "restore job runner keeps failing; leaving the job to other nodes for a while");
+                        RUNNER_GIVE_UP_MS
+                    };
+                    let until = s.now_ms() + delay;
+                    s.job_not_before_ms.insert(job, until);
+                    myself.send_after(Duration::from_millis(delay), || ManagerMsg::Poke);
                 }
                 None => {}
             },

@@ -15,18 +15,22 @@
 //! backoff, forever: a job never fails because the network blinked; only a permanent error
 //! (a missing or corrupt source, a name taken) fails it, and a failed job rolls back.
 //!
-//! Rollback waits until no copy task of the job has a live claim on any node — each copier
-//! sees the job leave Running at its node's next reconcile and stops, or its claim lapses —
-//! so no copy lands after the rollback listed the target's prefix. (A copier that somehow
-//! outlived its claim writes to a deterministic key under the rolled-back target's prefix,
-//! which GC reclaims as the leftover of a rolled-back restore.)
+//! Rollback first closes every unfinished copy task (`Abandon`: no new claim, no record, no
+//! renewal), then waits until no task of the job has a live claim on any node — each copier
+//! sees the job leave Running (or its record refused) and stops, or its claim lapses — so no
+//! copy lands after the rollback listed the target's prefix. (A copier cut off past its
+//! deadline that still writes lands on a deterministic key under the rolled-back target's
+//! prefix, which GC reclaims as the leftover of a rolled-back restore.)
 
+use crate::restore::CopyTask;
 use crate::restore::context::RestoreContext;
 use crate::restore::index::RestoreIndex;
 use crate::restore::steps;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use snapvault_events::domain::JobId;
-use snapvault_events::domain::restore::{CopyTaskStatus, RestoreCommand, RestoreStatus};
+use snapvault_events::domain::restore::{
+    CopyTaskCommand, CopyTaskStatus, RestoreCommand, RestoreStatus, copy_task_stream,
+};
 use snapvault_events::{Error, ErrorCode};
 use std::time::Duration;
 
@@ -162,8 +166,31 @@ impl RunnerState {
         }
     }
 
-    /// May the rollback delete now? Only when no copy task has a live claim anywhere.
-    async fn copies_stopped(&self) -> bool {
+    /// May the rollback delete now? First every unfinished task is closed (`Abandon`: from
+    /// then on no node can claim it or record anything for it), then the index is caught up
+    /// with the log — so every claim taken before the close is in it — and no task may have
+    /// a live claim. After that, nothing can land under the target any more.
+    async fn copies_stopped(&self, job: &crate::restore::job::RestoreJobState) -> bool {
+        for t in &job.tasks {
+            if job.completed_tasks.contains(&t.task) {
+                continue;
+            }
+            let stream = copy_task_stream(self.job_id, t.task);
+            match self
+                .ctx
+                .registry
+                .execute::<CopyTask>(&stream, CopyTaskCommand::Abandon, self.job_id)
+                .await
+            {
+                Ok(_) => {}
+                // Never planned (a crash mid-plan): nothing can run it.
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                Err(_) => return false,
+            }
+        }
+        if self.index.sync().await.is_err() {
+            return false;
+        }
         let now_ms = self.ctx.clock.now_ms();
         match self.index.get(self.job_id).await {
             Ok(Some(e)) => e.tasks.values().all(|t| t.claim.live(now_ms).is_none()),
@@ -198,7 +225,7 @@ impl RunnerState {
                 self.after_step(myself, r).await;
             }
             Some(RestoreStatus::RollingBack) => {
-                if !self.copies_stopped().await {
+                if !self.copies_stopped(&job).await {
                     // Copiers stop at their node's next reconcile, or their claims lapse.
                     self.poll_later(myself);
                     return;

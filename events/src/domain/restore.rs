@@ -281,6 +281,8 @@ pub enum CopyTaskStatus {
     Planned,
     Completed,
     Failed,
+    /// Its job is rolling back: nothing more may be claimed or recorded for it.
+    Abandoned,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,6 +310,9 @@ pub enum CopyTaskCommand {
     },
     /// Claim, renew or release the task (design §10).
     Claim(ClaimCommand),
+    /// The job rolls back: close the task to new claims and records, so that once its last
+    /// claim ended nothing can land under the target any more.
+    Abandon,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,6 +338,10 @@ pub enum CopyTaskEvent {
     },
     /// Which node copies the task's files (claimed, renewed, released).
     Claim(ClaimEvent),
+    /// Closed by its job's rollback.
+    Abandoned {
+        at_ms: u64,
+    },
 }
 
 impl DomainEvent for CopyTaskEvent {
@@ -344,6 +353,7 @@ impl DomainEvent for CopyTaskEvent {
             CopyTaskEvent::Completed { .. } => "Completed",
             CopyTaskEvent::Failed { .. } => "Failed",
             CopyTaskEvent::Claim(c) => c.event_type(),
+            CopyTaskEvent::Abandoned { .. } => "Abandoned",
         }
     }
 }
