@@ -104,9 +104,10 @@ mod tests {
         for _ in 0..50 {
             t.take(100_000).await;
         }
-        // 5 MB at 0.5 MB/s: about 10 s.
+        // 5 MB at 0.5 MB/s: about 10 s, less the burst held at the start and the debt the
+        // last take leaves (0.1 MB each: 0.4 s).
         let took = start.elapsed();
-        assert!(took >= Duration::from_millis(9_700), "took {took:?}");
+        assert!(took >= Duration::from_millis(9_500), "took {took:?}");
         assert!(took <= Duration::from_secs(11), "took {took:?}");
     }
 
