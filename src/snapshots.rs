@@ -490,23 +490,7 @@ impl Client {
             if now_ms < pin.pinned_ms.saturating_add(work.claim_ttl_ms) {
                 continue;
             }
-            let collection_name = self
-                .registry
-                .inspect::<Collection, _>(&collection_stream(pin.collection_id), |_, s| {
-                    s.name.clone()
-                })
-                .await?;
-            let identity = SnapshotIdentity {
-                snapshot_id,
-                collection_id: pin.collection_id,
-                collection_name,
-                name: pin.name,
-                description: pin.description,
-                labels: pin.labels,
-            };
-            if let Err(e) = self.start_and_finish(identity, pin.pinned_version).await {
-                tracing::info!(snapshot = snapshot_id, error = %e, "adopted pin did not commit");
-            }
+            self.adopt_pin(snapshot_id, pin).await?;
             finished += 1;
         }
         for (snapshot_id, collection_id) in u.stale_pins {
@@ -519,30 +503,39 @@ impl Client {
         Ok(finished)
     }
 
+    /// Start and finish the create a pin without a snapshot stream stands for (its create
+    /// died between the pin and the start). A create that then fails is recorded Failed with
+    /// its reason; only reading the collection's name is an error here.
+    async fn adopt_pin(
+        &self,
+        snapshot_id: SnapshotId,
+        pin: snapvault_actors::snapshot::index::Pin,
+    ) -> Result<(), Error> {
+        let collection_name = self
+            .registry
+            .inspect::<Collection, _>(&collection_stream(pin.collection_id), |_, s| s.name.clone())
+            .await?;
+        let identity = SnapshotIdentity {
+            snapshot_id,
+            collection_id: pin.collection_id,
+            collection_name,
+            name: pin.name,
+            description: pin.description,
+            labels: pin.labels,
+        };
+        if let Err(e) = self.start_and_finish(identity, pin.pinned_version).await {
+            tracing::warn!(snapshot = snapshot_id, error = %e, "adopted pin did not commit");
+        }
+        Ok(())
+    }
+
     /// Finish snapshot work a previous process left: adopt orphan pins, resume Pending
     /// creates and Deleting drops, release pins of failed or deleted snapshots.
     pub async fn resume_unfinished(&self) -> Result<ResumeReport, Error> {
         let u = self.snapshots.unfinished().await?;
         let mut report = ResumeReport::default();
         for (snapshot_id, pin) in u.orphan_pins {
-            let collection_name = self
-                .registry
-                .inspect::<Collection, _>(&collection_stream(pin.collection_id), |_, s| {
-                    s.name.clone()
-                })
-                .await?;
-            let identity = SnapshotIdentity {
-                snapshot_id,
-                collection_id: pin.collection_id,
-                collection_name,
-                name: pin.name,
-                description: pin.description,
-                labels: pin.labels,
-            };
-            // A failed create here is recorded as Failed with its reason; keep going.
-            if let Err(e) = self.start_and_finish(identity, pin.pinned_version).await {
-                tracing::warn!(snapshot = snapshot_id, error = %e, "adopted pin did not commit");
-            }
+            self.adopt_pin(snapshot_id, pin).await?;
             report.orphan_pins_adopted += 1;
         }
         for id in u.pending {

@@ -185,6 +185,26 @@ fn claimed_epoch(events: impl IntoIterator<Item = Option<ClaimEvent>>) -> Option
     })
 }
 
+/// May work under `held` go on after a renewal that answered `r`? Yes once recorded; after a
+/// transient error only while more than the stop margin of the claim is left; never once the
+/// claim is lost (another node holds it, or the unit ended).
+fn still_holds(
+    r: &Result<(), Error>,
+    held: &Held,
+    now_ms: u64,
+    work: &crate::work::WorkConfig,
+    what: &str,
+) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) if is_transient(e) => held.deadline_ms.saturating_sub(now_ms) > work.stop_below_ms(),
+        Err(e) => {
+            tracing::info!(unit = what, error = %e, "claim lost");
+            false
+        }
+    }
+}
+
 /// This node's share of `entry`'s bandwidth limit: the limit divided among the nodes holding
 /// its tasks now, this one included. `None` when the job has no limit.
 fn job_share(entry: &JobEntry, node: &str, now_ms: u64) -> Option<u64> {
@@ -416,23 +436,16 @@ impl ManagerState {
                 .ctx
                 .registry
                 .execute::<RestoreJob>(&restore_stream(job), renew, job)
-                .await;
-            let keep = match r {
-                Ok(_) => {
-                    if let Some(run) = self.jobs.get_mut(&job) {
-                        run.claim.deadline_ms = now_ms + work.claim_ttl_ms;
-                    }
-                    true
-                }
-                Err(e) if is_transient(&e) => {
-                    held.deadline_ms.saturating_sub(now_ms) > work.stop_below_ms()
-                }
-                Err(e) => {
-                    tracing::info!(job, error = %e, "restore job claim lost");
-                    false
-                }
-            };
-            if !keep && let Some(run) = self.jobs.get(&job) {
+                .await
+                .map(|_| ());
+            if r.is_ok()
+                && let Some(run) = self.jobs.get_mut(&job)
+            {
+                run.claim.deadline_ms = now_ms + work.claim_ttl_ms;
+            }
+            if !still_holds(&r, &held, now_ms, &work, &format!("restore job {job}"))
+                && let Some(run) = self.jobs.get(&job)
+            {
                 tracing::warn!(job, node = %node, "stopping the coordination of a restore job whose claim lapsed");
                 let _ = run.runner.send_message(RunnerMsg::Stop { shutdown: true });
             }
@@ -453,25 +466,19 @@ impl ManagerState {
                 .ctx
                 .registry
                 .execute::<CopyTask>(&copy_task_stream(job, task), renew, job)
-                .await;
-            let keep = match r {
-                Ok(_) => {
-                    if let Some(run) = self.tasks.get_mut(&(job, task)) {
-                        run.claim.deadline_ms = now_ms + work.claim_ttl_ms;
-                        run.deadline_ms
-                            .store(run.claim.deadline_ms, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    true
-                }
-                Err(e) if is_transient(&e) => {
-                    held.deadline_ms.saturating_sub(now_ms) > work.stop_below_ms()
-                }
-                Err(e) => {
-                    tracing::info!(job, task, error = %e, "copy task claim lost");
-                    false
-                }
-            };
-            if !keep && let Some(run) = self.tasks.get(&(job, task)) {
+                .await
+                .map(|_| ());
+            if r.is_ok()
+                && let Some(run) = self.tasks.get_mut(&(job, task))
+            {
+                run.claim.deadline_ms = now_ms + work.claim_ttl_ms;
+                run.deadline_ms
+                    .store(run.claim.deadline_ms, std::sync::atomic::Ordering::SeqCst);
+            }
+            let what = format!("copy task {task} of restore job {job}");
+            if !still_holds(&r, &held, now_ms, &work, &what)
+                && let Some(run) = self.tasks.get(&(job, task))
+            {
                 let _ = run.stop.send(true);
             }
         }
