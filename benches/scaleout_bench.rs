@@ -15,8 +15,10 @@
 //! target is printed, not an error: the process fails only when something does not work.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use snapvault_test_support::cluster::{
+    Node, Remote, SERVE_START_TIMEOUT, audit_lines, first_document,
+};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,54 +53,18 @@ fn files() -> Result<u64, BoxError> {
     }
 }
 
-fn base_command() -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("RUST_LOG")
-        .env_remove("SNAPVAULT_DATA")
-        .env_remove("SNAPVAULT_NATS")
-        .env_remove("SNAPVAULT_PREFIX")
-        .env_remove("SNAPVAULT_CRASH_AT")
-        .env_remove("SNAPVAULT_COPY_AUDIT");
-    cmd
-}
-
-/// The serve processes of one case, killed when dropped (also on an error).
+/// The serve processes of one case (each killed, SIGKILL, when dropped, also on an error).
 struct Cluster {
-    /// (node id, process, stderr file, copy audit file).
-    nodes: Vec<(String, Option<Child>, PathBuf, PathBuf)>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, child, _, _) in &mut self.nodes {
-            if let Some(mut c) = child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
+    nodes: Vec<Node>,
 }
 
 impl Cluster {
-    fn start(
-        url: &str,
-        prefix: &str,
-        store: &Path,
-        dir: &Path,
-        n: usize,
-    ) -> Result<Self, BoxError> {
+    fn start(remote: &Remote, store: &Path, dir: &Path, n: usize) -> Result<Self, BoxError> {
         let mut cluster = Cluster { nodes: Vec::new() };
         for i in 1..=n {
-            let id = format!("n{i}");
-            let stderr = dir.join(format!("serve-{id}.err"));
-            let audit = dir.join(format!("audit-{id}.txt"));
-            let mut child = base_command()
-                .args(["--json", "--nats", url, "--prefix", prefix])
-                .args(["--log", "jetstream", "--store"])
-                .arg(format!("file://{}", store.display()))
-                .arg("--data")
-                .arg(dir.join(format!("data-{id}")))
-                .args(["serve", "--node-id", &id])
+            let mut node = Node::new(&format!("n{i}"), dir);
+            let mut child = remote
+                .serve_command(&node, store)?
                 .args(["--claim-ttl", CLAIM_TTL, "--reconcile-interval", "200ms"])
                 .args([
                     "--placement-delay",
@@ -106,32 +72,16 @@ impl Cluster {
                     "--max-bytes-per-sec",
                     NODE_CAP,
                 ])
-                .env("SNAPVAULT_COPY_AUDIT", &audit)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::from(std::fs::File::create(&stderr)?))
                 .spawn()?;
             let stdout = child.stdout.take().ok_or("no stdout")?;
-            cluster
-                .nodes
-                .push((id.clone(), Some(child), stderr.clone(), audit));
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                let mut lines = std::io::BufReader::new(stdout).lines();
-                for line in lines.by_ref() {
-                    let Ok(line) = line else { break };
-                    if line == "}" {
-                        let _ = tx.send(());
-                        break;
-                    }
-                }
-                for _ in lines {}
-            });
-            if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            node.child = Some(child);
+            cluster.nodes.push(node);
+            if first_document(stdout, SERVE_START_TIMEOUT).is_none() {
+                let node = cluster.nodes.last().expect("just pushed");
                 return Err(format!(
-                    "serve {id} did not become ready: {}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                    "serve {} did not become ready: {}",
+                    node.id,
+                    node.stderr_text()
                 )
                 .into());
             }
@@ -141,12 +91,13 @@ impl Cluster {
 
     /// SIGKILL one node, no restart.
     fn kill(&mut self, id: &str) -> Result<(), BoxError> {
-        let (_, child, _, _) = self
+        let node = self
             .nodes
             .iter_mut()
-            .find(|(n, _, _, _)| n == id)
+            .find(|n| n.id == id)
             .ok_or_else(|| format!("no node '{id}'"))?;
-        let mut c = child
+        let mut c = node
+            .child
             .take()
             .ok_or_else(|| format!("node '{id}' is not running"))?;
         c.kill()?;
@@ -158,12 +109,7 @@ impl Cluster {
     fn copies(&self) -> String {
         self.nodes
             .iter()
-            .map(|(id, _, _, audit)| {
-                let n = std::fs::read_to_string(audit)
-                    .map(|t| t.lines().count())
-                    .unwrap_or(0);
-                format!("{id}:{n}")
-            })
+            .map(|n| format!("{}:{}", n.id, audit_lines(&n.audit).len()))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -171,30 +117,14 @@ impl Cluster {
     fn logs(&self) -> String {
         self.nodes
             .iter()
-            .map(|(id, _, err, _)| {
-                format!(
-                    "--- {id}:\n{}",
-                    std::fs::read_to_string(err).unwrap_or_default()
-                )
-            })
+            .map(|n| format!("--- {}:\n{}", n.id, n.stderr_text()))
             .collect::<Vec<_>>()
             .join("\n")
     }
 }
 
-fn cli_json(url: &str, prefix: &str, timeout: &str, args: &[&str]) -> Result<Value, BoxError> {
-    let out = base_command()
-        .args([
-            "--json",
-            "--nats",
-            url,
-            "--prefix",
-            prefix,
-            "--request-timeout",
-            timeout,
-        ])
-        .args(args)
-        .output()?;
+fn cli_json(remote: &Remote, timeout: &str, args: &[&str]) -> Result<Value, BoxError> {
+    let out = remote.command(timeout).arg("--json").args(args).output()?;
     if !out.status.success() {
         return Err(format!(
             "snapvault {args:?} failed: {}{}",
@@ -215,8 +145,7 @@ fn u64_of(v: &Value, field: &str) -> Result<u64, BoxError> {
 /// One case's nodes on a fresh prefix and store, with `c1`, its snapshot `s` of
 /// `files` × 1 MiB, ready to restore.
 struct Case {
-    url: String,
-    prefix: String,
+    remote: Remote,
     cluster: Cluster,
     /// Kept until the case ends (dropped after the cluster: the store goes last).
     _dir: tempfile::TempDir,
@@ -227,10 +156,10 @@ impl Case {
         let dir = tempfile::tempdir()?;
         let store = dir.path().join("store");
         std::fs::create_dir_all(&store)?;
-        let cluster = Cluster::start(url, prefix, &store, dir.path(), nodes)?;
+        let remote = Remote::new(BIN, url, prefix);
+        let cluster = Cluster::start(&remote, &store, dir.path(), nodes)?;
         let case = Case {
-            url: url.to_string(),
-            prefix: prefix.to_string(),
+            remote,
             cluster,
             _dir: dir,
         };
@@ -259,7 +188,7 @@ impl Case {
     }
 
     fn json(&self, timeout: &str, args: &[&str]) -> Result<Value, BoxError> {
-        cli_json(&self.url, &self.prefix, timeout, args)
+        cli_json(&self.remote, timeout, args)
     }
 
     fn start_restore(&self) -> Result<String, BoxError> {

@@ -156,6 +156,7 @@ impl Node {
             snapshots: worker.clone(),
             config: restore,
             work,
+            coordinator_epoch: None,
         })
         .await?;
         // External refresh tasks: sources are local directories or prefixes of this store.

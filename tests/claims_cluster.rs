@@ -10,9 +10,12 @@
 
 use serde_json::Value;
 use snapvault_test_support::NatsServer;
+use snapvault_test_support::cluster::{
+    Node, Remote, assert_restored_files, audit_lines, node_by_id, start_node, temp_dir_with_store,
+    u64_of,
+};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_snapvault");
@@ -39,180 +42,41 @@ const BATCH: u64 = 32;
 /// Slack on top of the claim TTL and the remaining copy time for the survivors to finish.
 const SLACK: Duration = Duration::from_secs(10);
 
-fn base_command() -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("RUST_LOG")
-        .env_remove("SNAPVAULT_DATA")
-        .env_remove("SNAPVAULT_NATS")
-        .env_remove("SNAPVAULT_PREFIX")
-        .env_remove("SNAPVAULT_CRASH_AT")
-        .env_remove("SNAPVAULT_COPY_AUDIT");
-    cmd
-}
-
-/// One `snapvault serve` node of the cluster.
-struct Node {
-    id: &'static str,
-    child: Option<Child>,
-    audit: PathBuf,
-    stderr: PathBuf,
-}
-
-/// The three serve processes, killed (SIGKILL) when dropped, also on a panic.
+/// The three serve processes (each killed, SIGKILL, when dropped, also on a panic).
 struct Cluster {
     nodes: Vec<Node>,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
 impl Cluster {
-    fn start(url: &str, store: &Path, dir: &Path) -> Cluster {
+    fn start(remote: &Remote, store: &Path, dir: &Path) -> Cluster {
         let mut cluster = Cluster { nodes: Vec::new() };
         for id in NODES {
-            let audit = dir.join(format!("audit-{id}.txt"));
-            let stderr = dir.join(format!("serve-{id}.err"));
-            let data = dir.join(format!("data-{id}"));
-            let mut cmd = base_command();
-            cmd.args(["--json", "--nats", url, "--prefix", PREFIX])
-                .args(["--log", "jetstream", "--store"])
-                .arg(format!("file://{}", store.display()))
-                .arg("--data")
-                .arg(&data)
-                .args(["serve", "--node-id", id])
-                .args(["--claim-ttl", "5s", "--reconcile-interval", "200ms"])
+            let node = Node::new(id, dir);
+            let mut cmd = remote
+                .serve_command(&node, store)
+                .expect("serve stderr file");
+            cmd.args(["--claim-ttl", "5s", "--reconcile-interval", "200ms"])
                 .args(["--placement-delay", "500ms"])
-                .args(["--max-bytes-per-sec", NODE_RATE, "--max-tasks", MAX_TASKS])
-                .env("SNAPVAULT_COPY_AUDIT", &audit)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::from(
-                    std::fs::File::create(&stderr).expect("serve stderr file"),
-                ));
-            let child = cmd.spawn().expect("start snapvault serve");
-            cluster.nodes.push(Node {
-                id,
-                child: Some(child),
-                audit,
-                stderr,
-            });
-            let node = cluster.nodes.last_mut().expect("just pushed");
-            wait_serving(node);
+                .args(["--max-bytes-per-sec", NODE_RATE, "--max-tasks", MAX_TASKS]);
+            start_node(&mut cluster.nodes, node, &mut cmd);
         }
         cluster
-    }
-
-    fn node(&mut self, id: &str) -> &mut Node {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .unwrap_or_else(|| panic!("no node '{id}' in the cluster"))
     }
 
     /// Every node's stderr, for failure messages.
     fn logs(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| {
-                format!(
-                    "--- {} stderr:\n{}",
-                    n.id,
-                    std::fs::read_to_string(&n.stderr).unwrap_or_default()
-                )
-            })
+            .map(|n| format!("--- {} stderr:\n{}", n.id, n.stderr_text()))
             .collect::<Vec<_>>()
             .join("\n")
     }
 }
 
-/// Wait for the "serving" document (the first JSON object on stdout), then keep draining.
-fn wait_serving(node: &mut Node) {
-    let child = node.child.as_mut().expect("running");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let mut doc = String::new();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            doc.push_str(&line);
-            if line == "}" {
-                let _ = tx.send(doc.clone());
-                break;
-            }
-        }
-        for _ in lines {}
-    });
-    let Ok(doc) = rx.recv_timeout(Duration::from_secs(60)) else {
-        panic!(
-            "serve {} did not become ready: {}",
-            node.id,
-            std::fs::read_to_string(&node.stderr).unwrap_or_default()
-        );
-    };
-    let v: Value = serde_json::from_str(&doc).expect("serving document");
-    assert_eq!(v["status"], "serving", "{v}");
-    assert_eq!(v["log"], "jetstream", "{v}");
-}
-
-fn cli(url: &str, args: &[&str]) -> Output {
-    base_command()
-        .args([
-            "--nats",
-            url,
-            "--prefix",
-            PREFIX,
-            "--request-timeout",
-            "20s",
-        ])
-        .args(args)
-        .output()
-        .expect("run snapvault")
-}
-
-fn json(url: &str, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = cli(url, &all);
-    assert!(
-        out.status.success(),
-        "snapvault {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
 /// `restore status --json`, or `None` when this one call failed (a request that reached the
 /// node just killed; the next poll asks again, with a new request id).
-fn status(url: &str, job: &str) -> Option<Value> {
-    let out = base_command()
-        .args(["--nats", url, "--prefix", PREFIX, "--request-timeout", "3s"])
-        .args(["--json", "restore", "status", job])
-        .output()
-        .expect("run snapvault");
-    if !out.status.success() {
-        eprintln!(
-            "restore status failed (asking again): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
+fn status(remote: &Remote, job: &str) -> Option<Value> {
+    remote.try_json(&["restore", "status", job])
 }
 
 /// Node id → tasks it holds now, from a status.
@@ -226,123 +90,47 @@ fn held_by_node(status: &Value) -> BTreeMap<String, u64> {
     held
 }
 
-fn u64_of(v: &Value, field: &str) -> u64 {
-    v[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no '{field}' in {v}"))
-}
-
-/// Every file under `dir`, recursively, as (path relative to `root`, bytes).
-fn files_under(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(root, &p, out);
-        } else if !p
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        {
-            let rel = p
-                .strip_prefix(root)
-                .expect("under root")
-                .to_string_lossy()
-                .to_string();
-            out.push((rel, std::fs::read(&p).expect("read a stored file")));
-        }
-    }
-}
-
 /// Every live file of `target` equals, byte for byte, the source file of the same name (the
 /// host's files are unique pseudo-random bytes, so content identifies the source), read from
 /// the shared store directory.
-fn assert_restored_byte_for_byte(url: &str, store: &Path, target: &str, expect_files: u64) {
-    let view = json(url, &["collection", "describe", target]);
+fn assert_restored_byte_for_byte(remote: &Remote, store: &Path, target: &str, expect_files: u64) {
+    let view = remote.json(&["collection", "describe", target]);
     assert_eq!(view["status"], "ready", "{view}");
-    let tid = u64_of(&view, "id");
-    let snap = json(url, &["snapshot", "describe", "c1", "s"]);
+    let snap = remote.json(&["snapshot", "describe", "c1", "s"]);
     let cid = u64_of(&snap, "collection_id");
-    let mut source = Vec::new();
-    files_under(store, &store.join(format!("data/{cid}")), &mut source);
-    let by_content: BTreeMap<Vec<u8>, String> = source.into_iter().map(|(k, b)| (b, k)).collect();
-    let mut seen = 0;
-    for seg in view["segments"].as_array().expect("segments") {
-        for f in seg["files"].as_array().expect("files") {
-            let key = f["key"].as_str().expect("key");
-            assert!(key.starts_with(&format!("data/{tid}/")), "{key}");
-            let bytes = std::fs::read(store.join(key))
-                .unwrap_or_else(|e| panic!("restored '{key}' cannot be read: {e}"));
-            assert_eq!(bytes.len() as u64, u64_of(f, "size"), "{key}");
-            let src = by_content
-                .get(&bytes)
-                .unwrap_or_else(|| panic!("restored '{key}' matches no source file"));
-            assert_eq!(
-                src.rsplit('/').next(),
-                key.rsplit('/').next(),
-                "{key} came from {src}"
-            );
-            seen += 1;
-        }
-    }
+    let seen = assert_restored_files(store, &view, cid).len() as u64;
     assert_eq!(seen, expect_files, "restored files");
-}
-
-fn audit_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]
 fn a_restore_is_copied_by_every_node_and_survives_kill_9_of_its_coordinator() {
     let began = Instant::now();
     let nats = NatsServer::start();
-    let url = nats.url();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("store");
-    std::fs::create_dir_all(&store).expect("store dir");
-    let mut cluster = Cluster::start(&url, &store, dir.path());
+    let remote = Remote::new(BIN, &nats.url(), PREFIX);
+    let (dir, store) = temp_dir_with_store();
+    let mut cluster = Cluster::start(&remote, &store, dir.path());
 
     // The source: 500 segments × 4 files of 4 KiB over 2 shards, written by the nodes.
-    json(&url, &["collection", "create", "c1", "--shards", "2"]);
-    let ingested = json(
-        &url,
-        &[
-            "ingest",
-            "c1",
-            "--segments",
-            &SEGMENTS.to_string(),
-            "--files",
-            &FILES_PER_SEGMENT.to_string(),
-            "--size",
-            &FILE_BYTES.to_string(),
-        ],
-    );
+    remote.json(&["collection", "create", "c1", "--shards", "2"]);
+    let ingested = remote.ingest("c1", SEGMENTS, FILES_PER_SEGMENT, FILE_BYTES);
     assert_eq!(
         ingested["segment_ids"].as_array().map(Vec::len),
         Some(SEGMENTS as usize)
     );
-    let snap = json(&url, &["snapshot", "create", "c1", "s"]);
+    let snap = remote.json(&["snapshot", "create", "c1", "s"]);
     assert_eq!(snap["status"], "committed", "{snap}");
 
-    let started = json(
-        &url,
-        &[
-            "restore",
-            "start",
-            "c1",
-            "s",
-            "r1",
-            "--parallelism",
-            PARALLELISM,
-            "--max-bytes-per-sec",
-            JOB_RATE,
-        ],
-    );
+    let started = remote.json(&[
+        "restore",
+        "start",
+        "c1",
+        "s",
+        "r1",
+        "--parallelism",
+        PARALLELISM,
+        "--max-bytes-per-sec",
+        JOB_RATE,
+    ]);
     let job = u64_of(&started, "job_id").to_string();
     let restore_began = Instant::now();
     eprintln!(
@@ -360,7 +148,7 @@ fn a_restore_is_copied_by_every_node_and_survives_kill_9_of_its_coordinator() {
             "the nodes never all held tasks of the job (seen: {seen_holding:?})\n{}",
             cluster.logs()
         );
-        let Some(s) = status(&url, &job) else {
+        let Some(s) = status(&remote, &job) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
@@ -390,7 +178,7 @@ fn a_restore_is_copied_by_every_node_and_survives_kill_9_of_its_coordinator() {
     let bytes_total = u64_of(&at_kill["totals"], "bytes");
     let remaining = bytes_total.saturating_sub(u64_of(&at_kill, "bytes_done"));
     {
-        let node = cluster.node(&coordinator);
+        let node = node_by_id(&mut cluster.nodes, &coordinator);
         let mut child = node.child.take().expect("the coordinator runs");
         child.kill().expect("kill -9 the coordinator");
         let _ = child.wait();
@@ -416,7 +204,7 @@ fn a_restore_is_copied_by_every_node_and_survives_kill_9_of_its_coordinator() {
             "the job did not finish {waited:?} after its coordinator was killed\n{}",
             cluster.logs()
         );
-        let Some(s) = status(&url, &job) else {
+        let Some(s) = status(&remote, &job) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
@@ -452,7 +240,7 @@ fn a_restore_is_copied_by_every_node_and_survives_kill_9_of_its_coordinator() {
         "a dead node is still shown as coordinator: {end}"
     );
 
-    assert_restored_byte_for_byte(&url, &store, "r1", TOTAL_FILES);
+    assert_restored_byte_for_byte(&remote, &store, "r1", TOTAL_FILES);
 
     // Copies: every file at least once, each node some, and re-copies bounded by what the
     // killed node may have had in flight (a node may claim a task between the status read and
@@ -462,7 +250,7 @@ fn a_restore_is_copied_by_every_node_and_survives_kill_9_of_its_coordinator() {
     let mut per_node = BTreeMap::new();
     for n in &cluster.nodes {
         let lines = audit_lines(&n.audit);
-        per_node.insert(n.id, lines.len());
+        per_node.insert(n.id.as_str(), lines.len());
         copies += lines.len() as u64;
         distinct.extend(lines);
     }

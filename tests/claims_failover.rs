@@ -23,48 +23,19 @@ use snapvault_events::domain::restore::{
 use snapvault_events::domain::snapshot::{SnapshotEvent, snapshot_stream};
 use snapvault_events::{EventLog, JetStreamLog, JetStreamLogConfig, SystemClock};
 use snapvault_test_support::NatsServer;
+use snapvault_test_support::cluster::{
+    Node, Remote, assert_restored_files, audit_lines, files_under, node_by_id, parse_json,
+    start_node, temp_dir_with_store, u64_of,
+};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_snapvault");
 /// The subject prefix every node and the CLI use.
 const PREFIX: &str = "failover";
-
-fn base_command() -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("RUST_LOG")
-        .env_remove("SNAPVAULT_DATA")
-        .env_remove("SNAPVAULT_NATS")
-        .env_remove("SNAPVAULT_PREFIX")
-        .env_remove("SNAPVAULT_CRASH_AT")
-        .env_remove("SNAPVAULT_PAUSE_AT")
-        .env_remove("SNAPVAULT_COPY_AUDIT");
-    cmd
-}
-
-/// One `snapvault serve` node.
-struct Node {
-    id: &'static str,
-    child: Option<Child>,
-    audit: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Node {
-    /// Still running (never exited, never restarted: the same process all along).
-    fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-}
 
 /// Every child process of a test (serve nodes and background CLI commands), killed (SIGKILL,
 /// by its own handle) when dropped, also on a panic.
@@ -77,10 +48,7 @@ struct Procs {
 impl Drop for Procs {
     fn drop(&mut self) {
         for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            n.kill();
         }
         for c in &mut self.others {
             let _ = c.kill();
@@ -94,50 +62,22 @@ impl Procs {
     /// copy audit) and wait until it serves.
     fn start_node(
         &mut self,
-        url: &str,
+        remote: &Remote,
         store: &Path,
         dir: &Path,
-        id: &'static str,
+        id: &str,
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> &mut Node {
-        let audit = dir.join(format!("audit-{id}.txt"));
-        let stderr = dir.join(format!("serve-{id}.err"));
-        let mut cmd = base_command();
-        cmd.args(["--json", "--nats", url, "--prefix", PREFIX])
-            .args(["--log", "jetstream", "--store"])
-            .arg(format!("file://{}", store.display()))
-            .arg("--data")
-            .arg(dir.join(format!("data-{id}")))
-            .args(["serve", "--node-id", id])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env("SNAPVAULT_COPY_AUDIT", &audit)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(&stderr).expect("serve stderr file"),
-            ));
+        let node = Node::new(id, dir);
+        let mut cmd = remote
+            .serve_command(&node, store)
+            .expect("serve stderr file");
+        cmd.args(extra).env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start snapvault serve");
-        self.nodes.push(Node {
-            id,
-            child: Some(child),
-            audit,
-            stderr,
-        });
-        let node = self.nodes.last_mut().expect("just pushed");
-        wait_serving(node);
-        node
-    }
-
-    fn node(&mut self, id: &str) -> &mut Node {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .unwrap_or_else(|| panic!("no node '{id}'"))
+        start_node(&mut self.nodes, node, &mut cmd)
     }
 
     /// The last lines of every node's stderr, for failure messages.
@@ -145,7 +85,7 @@ impl Procs {
         self.nodes
             .iter()
             .map(|n| {
-                let text = std::fs::read_to_string(&n.stderr).unwrap_or_default();
+                let text = n.stderr_text();
                 let lines: Vec<&str> = text.lines().collect();
                 let from = lines.len().saturating_sub(150);
                 format!(
@@ -159,135 +99,6 @@ impl Procs {
             .collect::<Vec<_>>()
             .join("\n")
     }
-}
-
-/// Wait for the "serving" document (the first JSON object on stdout), then keep draining.
-fn wait_serving(node: &mut Node) {
-    let child = node.child.as_mut().expect("running");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let mut doc = String::new();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            doc.push_str(&line);
-            if line == "}" {
-                let _ = tx.send(doc.clone());
-                break;
-            }
-        }
-        for _ in lines {}
-    });
-    let Ok(doc) = rx.recv_timeout(Duration::from_secs(60)) else {
-        panic!(
-            "serve {} did not become ready: {}",
-            node.id,
-            std::fs::read_to_string(&node.stderr).unwrap_or_default()
-        );
-    };
-    let v: Value = serde_json::from_str(&doc).expect("serving document");
-    assert_eq!(v["status"], "serving", "{v}");
-    assert_eq!(v["log"], "jetstream", "{v}");
-}
-
-/// A remote command with `--request-timeout timeout`.
-fn remote(url: &str, timeout: &str) -> Command {
-    let mut cmd = base_command();
-    cmd.args([
-        "--nats",
-        url,
-        "--prefix",
-        PREFIX,
-        "--request-timeout",
-        timeout,
-    ]);
-    cmd
-}
-
-fn cli(url: &str, args: &[&str]) -> Output {
-    remote(url, "20s")
-        .args(args)
-        .output()
-        .expect("run snapvault")
-}
-
-fn json(url: &str, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = cli(url, &all);
-    assert!(
-        out.status.success(),
-        "snapvault {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    parse(args, &out.stdout)
-}
-
-fn parse(args: &[&str], stdout: &[u8]) -> Value {
-    serde_json::from_slice(stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(stdout)
-        )
-    })
-}
-
-/// `--json ARGS` with a short request timeout, or `None` when this one call failed (the
-/// caller asks again).
-fn try_json(url: &str, args: &[&str]) -> Option<Value> {
-    let out = remote(url, "3s")
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("run snapvault");
-    if !out.status.success() {
-        eprintln!(
-            "{args:?} failed (asking again): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn u64_of(v: &Value, field: &str) -> u64 {
-    v[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no '{field}' in {v}"))
-}
-
-/// Every file under `dir`, recursively, as (path relative to `root`, bytes).
-fn files_under(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(root, &p, out);
-        } else if !p
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        {
-            let rel = p
-                .strip_prefix(root)
-                .expect("under root")
-                .to_string_lossy()
-                .to_string();
-            out.push((rel, std::fs::read(&p).expect("read a stored file")));
-        }
-    }
-}
-
-fn audit_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// Read streams of the shared JetStream log straight from nats-server (the test's own
@@ -343,7 +154,7 @@ const BURST: usize = 20;
 /// Segments of the source collection: enough that 20 creates at once take a few hundred ms
 /// (each create of a collection that moved since its pin replays the collection's stream up
 /// to its pin); the test checks that the outage did cut some.
-const BURST_SEGMENTS: &str = "1000";
+const BURST_SEGMENTS: u64 = 1000;
 /// nats-server is killed this long after the burst started, or when the first create
 /// returned if that is earlier.
 const KILL_AFTER: Duration = Duration::from_millis(300);
@@ -395,32 +206,19 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
     let began = Instant::now();
     let mut nats = NatsServer::start();
     let url = nats.url();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("store");
-    std::fs::create_dir_all(&store).expect("store dir");
+    let remote = Remote::new(BIN, &url, PREFIX);
+    let (dir, store) = temp_dir_with_store();
     let mut procs = Procs::default();
     let serve_args = ["--claim-ttl", "5s", "--reconcile-interval", "200ms"];
     let mut pids = BTreeMap::new();
     for id in ["n1", "n2"] {
-        let node = procs.start_node(&url, &store, dir.path(), id, &serve_args, &[]);
+        let node = procs.start_node(&remote, &store, dir.path(), id, &serve_args, &[]);
         pids.insert(id, node.pid());
     }
 
-    let c1 = json(&url, &["collection", "create", "c1", "--shards", "2"]);
+    let c1 = remote.json(&["collection", "create", "c1", "--shards", "2"]);
     let c1 = u64_of(&c1, "id");
-    json(
-        &url,
-        &[
-            "ingest",
-            "c1",
-            "--segments",
-            BURST_SEGMENTS,
-            "--files",
-            "1",
-            "--size",
-            "64",
-        ],
-    );
+    remote.ingest("c1", BURST_SEGMENTS, 1, 64);
     eprintln!("setup took {:?}; nodes {pids:?}", began.elapsed());
 
     // The burst: 20 creates at once, each asking 4 times for 2 s, so a CLI whose request is
@@ -431,7 +229,8 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
     for name in &names {
         let out = dir.path().join(format!("create-{name}.out"));
         let err = dir.path().join(format!("create-{name}.err"));
-        let child = remote(&url, "2s")
+        let child = remote
+            .command("2s")
             .args(["--json", "snapshot", "create", "c1", name])
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&out).expect("out file")))
@@ -469,7 +268,7 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
     let up_at = Instant::now();
     eprintln!("nats-server restarted after {:?} down", up_at - down_at);
     for id in ["n1", "n2"] {
-        let n = procs.node(id);
+        let n = node_by_id(&mut procs.nodes, id);
         assert!(
             n.alive(),
             "serve {id} exited during the outage\n{}",
@@ -486,7 +285,7 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
         if Instant::now() > deadline {
             break (None, last_list);
         }
-        if let Some(l) = try_json(&url, &["snapshot", "list", "--collection", "c1"]) {
+        if let Some(l) = remote.try_json(&["snapshot", "list", "--collection", "c1"]) {
             first_answer.get_or_insert(up_at.elapsed());
             let pending = l["snapshots"]
                 .as_array()
@@ -663,7 +462,7 @@ fn nats_down_30s_during_a_burst_of_snapshot_creates_leaves_none_pending() {
     );
     for id in ["n1", "n2"] {
         let pid = pids[id];
-        let n = procs.node(id);
+        let n = node_by_id(&mut procs.nodes, id);
         assert!(n.alive(), "serve {id} exited\n{}", procs.logs());
         assert_eq!(n.pid(), pid, "serve {id} is the process started first");
     }
@@ -684,13 +483,12 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
     let began = Instant::now();
     let nats = NatsServer::start();
     let url = nats.url();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("store");
-    std::fs::create_dir_all(&store).expect("store dir");
+    let remote = Remote::new(BIN, &url, PREFIX);
+    let (dir, store) = temp_dir_with_store();
     let mut procs = Procs::default();
     let pause = format!("restore.after_request:{PAUSE_MS}");
     procs.start_node(
-        &url,
+        &remote,
         &store,
         dir.path(),
         "n1",
@@ -699,21 +497,9 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
     );
 
     // The source, written by n1 (the only node yet).
-    json(&url, &["collection", "create", "c1", "--shards", "2"]);
-    json(
-        &url,
-        &[
-            "ingest",
-            "c1",
-            "--segments",
-            &SEGMENTS.to_string(),
-            "--files",
-            &FILES_PER_SEGMENT.to_string(),
-            "--size",
-            "4096",
-        ],
-    );
-    let snap = json(&url, &["snapshot", "create", "c1", "s"]);
+    remote.json(&["collection", "create", "c1", "--shards", "2"]);
+    remote.ingest("c1", SEGMENTS, FILES_PER_SEGMENT, 4096);
+    let snap = remote.json(&["snapshot", "create", "c1", "s"]);
     assert_eq!(snap["status"], "committed", "{snap}");
     assert_eq!(u64_of(&snap["totals"], "files"), TOTAL_FILES, "{snap}");
 
@@ -722,7 +508,8 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
     let start_err = dir.path().join("restore-start.err");
     let start_at = Instant::now();
     procs.others.push(
-        remote(&url, "30s")
+        remote
+            .command("30s")
             .args(["--json", "restore", "start", "c1", "s", "r1"])
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&start_out).unwrap()))
@@ -744,7 +531,7 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
         );
         if n2_started.is_none() && start_at.elapsed() >= Duration::from_secs(1) {
             procs.start_node(
-                &url,
+                &remote,
                 &store,
                 dir.path(),
                 "n2",
@@ -755,7 +542,7 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
             eprintln!("n2 serving {:?} after restore start", start_at.elapsed());
         }
         if job.is_none()
-            && let Some(l) = try_json(&url, &["restore", "list"])
+            && let Some(l) = remote.try_json(&["restore", "list"])
             && let Some(j) = l["jobs"].as_array().and_then(|a| a.first())
         {
             job = Some(u64_of(j, "job_id"));
@@ -768,7 +555,7 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
             );
         }
         if let Some(j) = job
-            && let Some(s) = try_json(&url, &["restore", "status", &j.to_string()])
+            && let Some(s) = remote.try_json(&["restore", "status", &j.to_string()])
         {
             let node = s["node"].as_str().unwrap_or("<none>").to_string();
             *nodes_seen.entry(node.clone()).or_default() += 1;
@@ -799,7 +586,7 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
         std::fs::read_to_string(&start_out).unwrap_or_default(),
         procs.logs()
     );
-    let started = parse(
+    let started = parse_json(
         &["restore", "start"],
         &std::fs::read(&start_out).expect("restore start output"),
     );
@@ -832,7 +619,7 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
             "the job did not complete\n{}",
             procs.logs()
         );
-        let Some(s) = try_json(&url, &["restore", "status", &job.to_string()]) else {
+        let Some(s) = remote.try_json(&["restore", "status", &job.to_string()]) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
@@ -907,11 +694,11 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
     assert_eq!(count("TasksPlanned"), 1, "{kinds:?}");
 
     // One job, one target, exactly the snapshot's files in it.
-    let jobs = json(&url, &["restore", "list"]);
+    let jobs = remote.json(&["restore", "list"]);
     let jobs = jobs["jobs"].as_array().expect("jobs");
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0]["status"], "completed", "{jobs:?}");
-    let cols = json(&url, &["collection", "list"]);
+    let cols = remote.json(&["collection", "list"]);
     let names: Vec<&str> = cols
         .as_array()
         .expect("collections")
@@ -919,27 +706,13 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
         .filter_map(|c| c["name"].as_str())
         .collect();
     assert_eq!(names.iter().filter(|n| **n == "r1").count(), 1, "{names:?}");
-    let view = json(&url, &["collection", "describe", "r1"]);
+    let view = remote.json(&["collection", "describe", "r1"]);
     assert_eq!(view["status"], "ready", "{view}");
     let tid = u64_of(&view, "id");
     let cid = u64_of(&snap, "collection_id");
-    let mut source = Vec::new();
-    files_under(&store, &store.join(format!("data/{cid}")), &mut source);
-    let by_content: BTreeMap<Vec<u8>, String> = source.into_iter().map(|(k, b)| (b, k)).collect();
-    let mut live: BTreeSet<String> = BTreeSet::new();
-    for seg in view["segments"].as_array().expect("segments") {
-        for f in seg["files"].as_array().expect("files") {
-            let key = f["key"].as_str().expect("key").to_string();
-            let bytes = std::fs::read(store.join(&key))
-                .unwrap_or_else(|e| panic!("restored '{key}' cannot be read: {e}"));
-            assert_eq!(bytes.len() as u64, u64_of(f, "size"), "{key}");
-            let src = by_content
-                .get(&bytes)
-                .unwrap_or_else(|| panic!("restored '{key}' matches no source file"));
-            assert_eq!(src.rsplit('/').next(), key.rsplit('/').next(), "{key}");
-            live.insert(key);
-        }
-    }
+    let live: BTreeSet<String> = assert_restored_files(&store, &view, cid)
+        .into_iter()
+        .collect();
     assert_eq!(live.len() as u64, TOTAL_FILES, "restored files");
     let mut stored = Vec::new();
     files_under(&store, &store.join(format!("data/{tid}")), &mut stored);
@@ -954,7 +727,7 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
     let mut all = Vec::new();
     for n in &procs.nodes {
         let lines = audit_lines(&n.audit);
-        per_node.insert(n.id, lines.len());
+        per_node.insert(n.id.as_str(), lines.len());
         all.extend(lines);
     }
     let distinct: BTreeSet<&String> = all.iter().collect();

@@ -4,6 +4,7 @@
 //! SIGTERM drains (the request in flight is answered) and exits 0.
 
 use serde_json::Value;
+use snapvault_test_support::cluster::{SERVE_START_TIMEOUT, first_document};
 use snapvault_test_support::{MotoServer, NatsServer};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -41,22 +42,7 @@ impl Serve {
         let mut child = cmd.spawn().expect("start snapvault serve");
         // The first line on stdout is the "serving" document: ready.
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let mut doc = String::new();
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                doc.push_str(&line);
-                if line == "}" {
-                    let _ = tx.send(doc.clone());
-                    break;
-                }
-            }
-            for _ in lines {}
-        });
-        let Ok(doc) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let Some(doc) = first_document(stdout, SERVE_START_TIMEOUT) else {
             let _ = child.kill();
             let out = child.wait_with_output().expect("serve output");
             panic!(

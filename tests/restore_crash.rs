@@ -9,7 +9,8 @@
 //! prefix, no lease, the name free.
 
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use snapvault_test_support::cluster::{assert_restored_files, files_under};
+use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -96,58 +97,14 @@ fn objects(data: &Path) -> PathBuf {
     data.join("objects")
 }
 
-/// Every file under `dir`, recursively, as (path relative to the store root, bytes).
-fn files_under(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(root, &p, out);
-        } else if !p
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        {
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
-            out.push((rel, std::fs::read(&p).unwrap()));
-        }
-    }
-}
-
 /// Every live file of `target` equals, byte for byte, a file of the snapshot's source (the
 /// host's files are unique pseudo-random bytes, so content identifies the source).
 fn assert_restored_byte_for_byte(data: &Path, target: &str, expect_files: usize) {
     let view = json(data, &["collection", "describe", target]);
     assert_eq!(view["status"], "ready", "{view}");
-    let tid = view["id"].as_u64().unwrap();
     let snap = json(data, &["snapshot", "describe", "c1", "s"]);
     let cid = snap["collection_id"].as_u64().unwrap();
-    let mut source = Vec::new();
-    files_under(
-        &objects(data),
-        &objects(data).join(format!("data/{cid}")),
-        &mut source,
-    );
-    let by_content: BTreeMap<Vec<u8>, String> = source.into_iter().map(|(k, b)| (b, k)).collect();
-    let mut seen = 0;
-    for seg in view["segments"].as_array().unwrap() {
-        for f in seg["files"].as_array().unwrap() {
-            let key = f["key"].as_str().unwrap();
-            assert!(key.starts_with(&format!("data/{tid}/")), "{key}");
-            let bytes = std::fs::read(objects(data).join(key)).unwrap();
-            assert_eq!(bytes.len() as u64, f["size"].as_u64().unwrap(), "{key}");
-            let src = by_content
-                .get(&bytes)
-                .unwrap_or_else(|| panic!("restored '{key}' matches no source file"));
-            assert_eq!(
-                src.rsplit('/').next(),
-                key.rsplit('/').next(),
-                "{key} came from {src}"
-            );
-            seen += 1;
-        }
-    }
+    let seen = assert_restored_files(&objects(data), &view, cid).len();
     assert_eq!(seen, expect_files);
 }
 

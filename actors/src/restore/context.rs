@@ -70,4 +70,7 @@ pub struct RestoreContext {
     pub config: RestoreConfig,
     /// This node's part in claimed work: id, scope, shards, limits, claim timings.
     pub work: crate::work::WorkConfig,
+    /// Set in a job runner's copy: the epoch of its claim on the job, which every command
+    /// it sends the job carries (`RestoreCommand::Fenced`).
+    pub coordinator_epoch: Option<u64>,
 }

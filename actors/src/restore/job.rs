@@ -151,6 +151,13 @@ impl Aggregate for RestoreJob {
                 }
                 Ok(out)
             }
+            C::Fenced { epoch, command } => {
+                // An ended job holds no claim; repeats of its last steps stay no-ops.
+                if !s.status.is_some_and(RestoreStatus::is_terminal) {
+                    s.claim.fence(*epoch, &s.label())?;
+                }
+                Self::decide(s, command, now_ms)
+            }
             C::Claim(claim) => {
                 let ended = s.status.is_some_and(RestoreStatus::is_terminal);
                 if ended && matches!(claim, ClaimCommand::Claim { .. }) {

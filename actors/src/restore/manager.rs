@@ -255,6 +255,7 @@ impl ManagerState {
             ctx: self.ctx.clone(),
             index: self.index.clone(),
             job_id: job,
+            epoch: claim.epoch,
         };
         match Actor::spawn_linked(None, JobRunner, args, myself.get_cell()).await {
             Ok((runner, _)) => {

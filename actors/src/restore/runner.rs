@@ -46,6 +46,8 @@ pub struct RunnerArgs {
     pub ctx: RestoreContext,
     pub index: RestoreIndex,
     pub job_id: JobId,
+    /// The epoch of this node's claim on the job: every step it records is fenced by it.
+    pub epoch: u64,
 }
 
 pub struct RunnerState {
@@ -60,6 +62,11 @@ pub struct JobRunner;
 
 fn is_transient(e: &Error) -> bool {
     matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict)
+}
+
+/// Another node coordinates the job now (this runner's epoch was fenced out).
+fn is_claim_lost(e: &Error) -> bool {
+    e.code == ErrorCode::FailedPrecondition && e.message.starts_with("claim lost")
 }
 
 impl RunnerState {
@@ -86,6 +93,10 @@ impl RunnerState {
                 self.advanced_ok();
                 let _ = myself.send_message(RunnerMsg::Advance);
             }
+            Err(e) if is_claim_lost(&e) => {
+                self.stopped = true;
+                myself.stop(None);
+            }
             Err(e) => {
                 tracing::info!(job = self.job_id, error = %e, "cannot record the failure yet");
                 self.schedule_advance(myself);
@@ -93,12 +104,17 @@ impl RunnerState {
         }
     }
 
-    /// Handle a step's result: on to the next, retry later, or fail.
+    /// Handle a step's result: on to the next, retry later, stop (the claim is gone), or fail.
     async fn after_step(&mut self, myself: &ActorRef<RunnerMsg>, r: Result<(), Error>) {
         match r {
             Ok(()) => {
                 self.advanced_ok();
                 let _ = myself.send_message(RunnerMsg::Advance);
+            }
+            Err(e) if is_claim_lost(&e) => {
+                tracing::info!(job = self.job_id, error = %e, "another node coordinates the job; this runner stops");
+                self.stopped = true;
+                myself.stop(None);
             }
             Err(e) if is_transient(&e) => {
                 tracing::info!(job = self.job_id, error = %e, "restore step will retry");
@@ -235,6 +251,10 @@ impl RunnerState {
                         self.advanced_ok();
                         let _ = myself.send_message(RunnerMsg::Advance);
                     }
+                    Err(e) if is_claim_lost(&e) => {
+                        self.stopped = true;
+                        myself.stop(None);
+                    }
                     Err(e) if is_transient(&e) => {
                         // A rollback never gives up: it is what leaves nothing behind.
                         tracing::info!(job = self.job_id, error = %e, "rollback will retry");
@@ -267,8 +287,12 @@ impl Actor for JobRunner {
     ) -> Result<RunnerState, ActorProcessingErr> {
         myself.send_message(RunnerMsg::Advance)?;
         let backoff_ms = args.ctx.config.retry_initial_ms.max(1);
+        let ctx = RestoreContext {
+            coordinator_epoch: Some(args.epoch),
+            ..args.ctx
+        };
         Ok(RunnerState {
-            ctx: args.ctx,
+            ctx,
             index: args.index,
             job_id: args.job_id,
             stopped: false,

@@ -52,6 +52,13 @@ pub async fn job_command(
     job: u64,
     command: RestoreCommand,
 ) -> Result<(), Error> {
+    let command = match ctx.coordinator_epoch {
+        Some(epoch) => RestoreCommand::Fenced {
+            epoch,
+            command: Box::new(command),
+        },
+        None => command,
+    };
     ctx.registry
         .execute::<RestoreJob>(&restore_stream(job), command, job)
         .await

@@ -620,3 +620,49 @@ fn a_job_is_requested_with_its_coordinators_claim_in_one_decision() {
     );
     assert_eq!(again.unwrap_err().code, ErrorCode::FailedPrecondition);
 }
+
+/// Given a job whose coordination moved from n1 (epoch 1) to n2 (epoch 2), when n1 sends a
+/// step fenced by epoch 1: refused as "claim lost"; n2's fenced steps go through; once the
+/// job ended, fenced repeats are no-ops again.
+#[test]
+fn a_stale_coordinator_is_fenced_out_of_its_job() {
+    let claim = |node: &str, deadline_ms| {
+        RestoreCommand::Claim(ClaimCommand::Claim {
+            node: node.into(),
+            deadline_ms,
+            take_over_own: false,
+        })
+    };
+    let mut g = Vec::new();
+    run(
+        &mut g,
+        RestoreCommand::Request {
+            request: request(),
+            claim: None,
+        },
+    );
+    let (first, _) = given_when::<RestoreJob>(&g, claim("n1", 1_000), 0);
+    g.extend(first.unwrap());
+    let (second, _) = given_when::<RestoreJob>(&g, claim("n2", 5_000), 1_000);
+    g.extend(second.unwrap());
+    let fenced = |epoch| RestoreCommand::Fenced {
+        epoch,
+        command: Box::new(RestoreCommand::Cancel),
+    };
+    let (stale, _) = given_when::<RestoreJob>(&g, fenced(1), 1_100);
+    let e = stale.unwrap_err();
+    assert_eq!(e.code, ErrorCode::FailedPrecondition);
+    assert!(e.message.starts_with("claim lost"), "{e}");
+    let (current, _) = given_when::<RestoreJob>(&g, fenced(2), 1_100);
+    g.extend(current.unwrap());
+    g.push(RestoreEvent::RolledBack {
+        objects_deleted: 0,
+        at_ms: 1_200,
+    });
+    let (after_end, _) = given_when::<RestoreJob>(&g, fenced(1), 1_300);
+    assert_eq!(
+        after_end.unwrap(),
+        vec![],
+        "a repeated cancel of an ended job is a no-op"
+    );
+}

