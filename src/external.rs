@@ -8,20 +8,24 @@
 //! 2. start the task's own stream and run the worker ([`ExternalWorker::run`]) in the
 //!    background of this node. `--wait` (or [`Client::wait_external_task`]) follows it.
 //!
-//! A crash between 1 and 2 leaves a slot with no task stream: the resume at the next start
-//! adopts it. A crash while the worker runs leaves a Running task: the resume runs it again
-//! (the commit is fenced, so it happens at most once), or, when the collection says it
-//! already ended, records how.
+//! A task runs on the node holding its claim (design §10): the node that started it claims
+//! it at once and renews the claim while it runs. A crash between 1 and 2 leaves a slot with
+//! no task stream; a crash while the worker runs leaves a Running task whose claim lapses.
+//! Either is taken by the reconciler of a long-running node (`serve`, every
+//! `reconcile_ms`; at start on a log only it opens), or by the next command that refreshes,
+//! alters or waits for the task: it runs the task again (the commit is fenced, so it
+//! happens at most once), or, when the collection says it already ended, records how.
 
 use crate::client::{Client, CreateCollectionRequest};
 use crate::views::CollectionView;
 use serde::{Deserialize, Serialize};
+use snapvault_actors::claim_holder::{Attempt, try_claim};
 use snapvault_actors::collection::Collection;
 use snapvault_actors::crash_points::crash_point;
-use snapvault_actors::external::worker::{
-    ExternalWorker, outcome_from_collection, scan_unfinished,
-};
+use snapvault_actors::external::index::ExternalIndex;
+use snapvault_actors::external::worker::{ExternalWorker, outcome_from_collection};
 use snapvault_actors::external::{ExternalTask, ExternalTaskState};
+use snapvault_actors::work::WorkConfig;
 use snapvault_events::domain::collection::CollectionCommand;
 use snapvault_events::domain::external::{
     ExternalConfig, ExternalSpec, RefreshCounts, TaskEnd, TaskId, TaskIdentity, TaskOutcome,
@@ -30,45 +34,66 @@ use snapvault_events::domain::external::{
 use snapvault_events::domain::{CollectionId, collection_stream};
 use snapvault_events::{Error, ErrorCode};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How often `wait` looks at a task run by another process.
 const WAIT_POLL: Duration = Duration::from_millis(5);
 
-/// The node's running refresh tasks (at most one local run per task).
+/// How long a stopping task has to give its claim back before it is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The node's running refresh tasks (at most one local run per task), each under its claim.
 #[derive(Clone)]
 pub struct ExternalRuntime {
     pub(crate) worker: ExternalWorker,
+    work: WorkConfig,
+    /// Unfinished tasks and their claims, for the reconciler; started on first use (a
+    /// one-shot command that touches no external task never reads the log for it).
+    index: Arc<OnceLock<ExternalIndex>>,
     tasks: Arc<Mutex<BTreeMap<TaskId, tokio::task::JoinHandle<()>>>>,
+    /// Set at shutdown: running tasks stop at once and give their claims back.
+    stopping: watch::Sender<bool>,
 }
 
 impl ExternalRuntime {
-    pub(crate) fn new(worker: ExternalWorker) -> ExternalRuntime {
+    pub(crate) fn new(worker: ExternalWorker, work: WorkConfig) -> ExternalRuntime {
         ExternalRuntime {
             worker,
+            work,
+            index: Arc::new(OnceLock::new()),
             tasks: Arc::new(Mutex::new(BTreeMap::new())),
+            stopping: watch::channel(false).0,
         }
+    }
+
+    fn index(&self) -> ExternalIndex {
+        self.index
+            .get_or_init(|| ExternalIndex::start(self.worker.registry.log().clone()))
+            .clone()
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, BTreeMap<TaskId, tokio::task::JoinHandle<()>>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Run task `id` in the background unless this node runs it already.
-    fn spawn(&self, id: TaskId) {
+    /// Run task `id` in the background under its claim, unless this node runs it already.
+    /// Whether a run was started (it still gives up quietly when another node holds it).
+    fn spawn(&self, id: TaskId) -> bool {
         let mut tasks = self.tasks();
         tasks.retain(|_, h| !h.is_finished());
-        if tasks.contains_key(&id) {
-            return;
+        if tasks.contains_key(&id) || *self.stopping.borrow() {
+            return false;
         }
-        let worker = self.worker.clone();
-        let handle = tokio::spawn(async move {
-            if let Err(e) = worker.run(id).await {
-                tracing::warn!(task = id, error = %e, "external task stopped; it resumes at the next start");
-            }
-        });
+        let handle = tokio::spawn(run_claimed(
+            self.worker.clone(),
+            self.work.clone(),
+            id,
+            self.stopping.subscribe(),
+        ));
         tasks.insert(id, handle);
+        true
     }
 
     fn abort(&self, id: TaskId) {
@@ -77,18 +102,75 @@ impl ExternalRuntime {
         }
     }
 
-    /// Wait up to `wait` for the running tasks, then abort the rest (they resume at the next
-    /// start).
+    /// Let the running tasks finish for up to `wait` (a one-shot command's refresh runs to its
+    /// end), then stop the rest: each gives its claim back, so another node (or the next
+    /// start) takes it at once; one that does not stop within a moment is aborted and its
+    /// claim lapses.
     pub(crate) async fn shutdown(&self, wait: Duration) {
         let handles: Vec<tokio::task::JoinHandle<()>> =
             std::mem::take(&mut *self.tasks()).into_values().collect();
         let deadline = tokio::time::Instant::now() + wait;
+        let mut left = Vec::new();
         for mut h in handles {
+            if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+                left.push(h);
+            }
+        }
+        self.stopping.send_replace(true);
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        for mut h in left {
             if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
                 h.abort();
                 let _ = h.await;
             }
         }
+        if let Some(index) = self.index.get() {
+            index.stop().await;
+        }
+    }
+}
+
+/// Claim task `id`, run it while the claim holds, and give the claim back if the run stops
+/// before the task ended (a task that ended freed its claim with its last event).
+async fn run_claimed(
+    worker: ExternalWorker,
+    work: WorkConfig,
+    id: TaskId,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let stream = external_task_stream(id);
+    let mut holder = match try_claim::<ExternalTask>(&worker.registry, &work, &stream, id).await {
+        Ok(Attempt::Held(holder)) => holder,
+        Ok(Attempt::Refused(e)) => {
+            tracing::debug!(task = id, reason = %e, "external task runs elsewhere or ended");
+            return;
+        }
+        Err(e) => {
+            tracing::info!(task = id, error = %e, "external task not claimed; a reconciler takes it later");
+            return;
+        }
+    };
+    let epoch = holder.epoch();
+    /// Why the run stopped.
+    enum End {
+        /// The run returned; with its error, if any.
+        Ran(Option<Error>),
+        Lost,
+        Stopping,
+    }
+    let end = tokio::select! {
+        r = worker.run(id, epoch) => End::Ran(r.err()),
+        () = holder.lost() => End::Lost,
+        _ = stopping.wait_for(|stop| *stop) => End::Stopping,
+    };
+    match end {
+        End::Ran(None) => {}
+        End::Ran(Some(e)) => {
+            tracing::warn!(task = id, error = %e, "external task stopped; a reconciler resumes it");
+            holder.release().await;
+        }
+        End::Lost => tracing::warn!(task = id, epoch, "external task's claim lost; stopped here"),
+        End::Stopping => holder.release().await,
     }
 }
 
@@ -114,6 +196,11 @@ pub struct ExternalTaskView {
     /// `refresh` found this task running already and returned it instead of starting one.
     #[serde(default)]
     pub already_running: bool,
+    /// The node holding the running task's claim, and until when (its last renewal).
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub claim_deadline_ms: Option<u64>,
 }
 
 impl ExternalTaskView {
@@ -145,6 +232,8 @@ impl ExternalTaskView {
             failed_key,
             reason,
             already_running: false,
+            node: s.claim.holder.as_ref().map(|c| c.node.clone()),
+            claim_deadline_ms: s.claim.holder.as_ref().map(|c| c.deadline_ms),
         })
     }
 
@@ -243,6 +332,7 @@ impl Client {
     /// Refresh: start a task, or return the one that is running.
     pub async fn refresh_external(&self, collection: &str) -> Result<ExternalTaskView, Error> {
         let (id, _) = self.external_of(collection).await?;
+        self.settle_leftovers(id).await;
         let task_id = self.ids.next_id().await?;
         let executed = self
             .run(id, CollectionCommand::BeginExternalTask { task_id })
@@ -291,6 +381,16 @@ impl Client {
         Ok(view)
     }
 
+    /// Before a refresh or alter: tasks of the collection a dead runner left (a slot without
+    /// a stream, a stream still Running after its collection ended it) are taken up here, so
+    /// a one-shot command leaves none behind. Best effort: a serve node's reconciler does the
+    /// same.
+    async fn settle_leftovers(&self, collection_id: CollectionId) {
+        if let Err(e) = self.reconcile_external(Some(collection_id)).await {
+            tracing::debug!(collection = collection_id, error = %e, "leftover refresh tasks not taken up");
+        }
+    }
+
     /// Change the source and/or spec: the running task is superseded (it commits nothing)
     /// and a new task starts for the new config.
     pub async fn alter_external(
@@ -307,6 +407,7 @@ impl Client {
         let new_source = source.map(parse_source).transpose()?.map(|(s, _)| s);
         let new_spec = spec_json.map(ExternalSpec::parse_json).transpose()?;
         let (id, ext) = self.external_of(collection).await?;
+        self.settle_leftovers(id).await;
         let config = ExternalConfig {
             source: new_source.unwrap_or(ext.config.source.clone()),
             spec: new_spec.unwrap_or(ext.config.spec.clone()),
@@ -398,17 +499,27 @@ impl Client {
         self.external_task(task_id).await
     }
 
-    /// Wait until a task has ended (run here or anywhere else), up to `timeout`.
+    /// Wait until a task has ended (run here or anywhere else), up to `timeout`. A waiter
+    /// takes part: when no node holds the task's claim (its runner died), it runs the task.
     pub async fn wait_external_task(
         &self,
         task_id: TaskId,
         timeout: Duration,
     ) -> Result<ExternalTaskView, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut free_checked_ms = 0u64;
         loop {
             let view = self.external_task(task_id).await?;
             if view.is_finished() {
                 return Ok(view);
+            }
+            let now_ms = self.registry.clock().now_ms();
+            if now_ms >= free_checked_ms.saturating_add(self.external.work.reconcile_ms) {
+                free_checked_ms = now_ms;
+                let state = self.task_state(task_id).await?;
+                if state.claim.live(now_ms).is_none() {
+                    self.external.spawn(task_id);
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::unavailable(format!(
@@ -485,40 +596,50 @@ impl Client {
         })
     }
 
-    /// Resume the refresh tasks a previous process left: adopt slots without a task stream,
-    /// run Running tasks again (or record how the collection says they ended). Returns how
-    /// many tasks were resumed.
-    pub async fn resume_external(&self) -> Result<usize, Error> {
-        let u = scan_unfinished(&**self.log()).await?;
-        let mut n = 0;
-        for (collection_id, task_id) in &u.active {
-            if u.running.contains(task_id) {
-                continue;
+    /// One pass of the external reconciler (design §10): run here every refresh task no
+    /// node runs — a Running task whose claim is free or lapsed, and a collection's active
+    /// task whose stream a crash kept from starting — of every collection, or of one. Unclaimed
+    /// work younger than a claim's life is left alone: the node that started it claims it a
+    /// moment later.
+    ///
+    /// On a log this process alone opens (sled: `take_over_own`) whatever is unfinished and
+    /// not running here is a dead incarnation's, taken at once. Returns how many runs it
+    /// started.
+    pub async fn reconcile_external(
+        &self,
+        collection: Option<CollectionId>,
+    ) -> Result<usize, Error> {
+        let work = &self.external.work;
+        let exclusive = work.take_over_own;
+        let u = self.external.index().unfinished().await?;
+        let now_ms = self.registry.clock().now_ms();
+        let mut started = 0;
+        let wanted = |c: &CollectionId| collection.is_none_or(|w| w == *c);
+        for (task_id, t) in u.running.iter().filter(|(_, t)| wanted(&t.collection_id)) {
+            let free = t.claim.live(now_ms).is_none();
+            let young_and_never_claimed =
+                t.claim.last_epoch == 0 && now_ms < t.started_ms.saturating_add(work.claim_ttl_ms);
+            if (exclusive || (free && !young_and_never_claimed)) && self.external.spawn(*task_id) {
+                started += 1;
             }
-            let state = self.task_state(*task_id).await?;
-            if state.identity.is_some() {
-                if state.is_running() {
-                    self.external.spawn(*task_id);
-                    n += 1;
-                }
+        }
+        for (collection_id, slot) in u.streamless.iter().filter(|(c, _)| wanted(c)) {
+            if !exclusive && now_ms < slot.since_ms.saturating_add(work.claim_ttl_ms) {
                 continue;
             }
             if let Some(identity) = self
                 .external
                 .worker
-                .identity_from_collection(*collection_id, *task_id)
+                .identity_from_collection(*collection_id, slot.task_id)
                 .await?
             {
                 self.external.worker.start(identity).await?;
-                self.external.spawn(*task_id);
-                n += 1;
+                if self.external.spawn(slot.task_id) {
+                    started += 1;
+                }
             }
         }
-        for task_id in &u.running {
-            self.external.spawn(*task_id);
-            n += 1;
-        }
-        Ok(n)
+        Ok(started)
     }
 
     /// Wait until every task this node runs has ended (tests, the simulator).

@@ -28,12 +28,13 @@ pub struct Node {
     client: Client,
     registry: Registry,
     resume: tokio::task::JoinHandle<()>,
-    /// The snapshot reconciler of a node that takes every unit (`Scope::All`).
-    snapshot_reconciler: Option<tokio::task::JoinHandle<()>>,
+    /// The snapshot and external reconciler of a node that takes every unit (`Scope::All`).
+    reconciler_task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The snapshot reconciler looks for unclaimed or lapsed creates and drops at most this often.
-const MIN_SNAPSHOT_RECONCILE_MS: u64 = 1_000;
+/// The snapshot and external reconciler looks for unclaimed or lapsed creates, drops and
+/// refresh tasks at most this often.
+const MIN_RECONCILE_MS: u64 = 1_000;
 
 /// How long `shutdown` waits for the resume of unfinished work before it leaves the rest to
 /// the next start.
@@ -146,7 +147,7 @@ impl Node {
         })
         .await?;
         let take_all = work.scope == snapvault_actors::work::Scope::All;
-        let reconcile_ms = work.reconcile_ms.max(MIN_SNAPSHOT_RECONCILE_MS);
+        let reconcile_ms = work.reconcile_ms.max(MIN_RECONCILE_MS);
         let restores = Restores::start(RestoreContext {
             registry: registry.clone(),
             log: parts.log.clone(),
@@ -155,7 +156,7 @@ impl Node {
             ids: ids.clone(),
             snapshots: worker.clone(),
             config: restore,
-            work,
+            work: work.clone(),
             coordinator_epoch: None,
         })
         .await?;
@@ -171,6 +172,7 @@ impl Node {
                 clock: parts.clock.clone(),
                 config: Default::default(),
             },
+            work.clone(),
         );
         let client = Client {
             registry: registry.clone(),
@@ -193,12 +195,15 @@ impl Node {
             } else if let Err(e) = resumer.resume_unfinished().await {
                 tracing::warn!(error = %e, "resuming unfinished work failed; it is retried at the next start");
             }
-            // Unfinished external refresh tasks: exactly one active per collection, resumed.
-            if let Err(e) = resumer.resume_external().await {
-                tracing::warn!(error = %e, "resuming external tasks failed; it is retried at the next start");
+            // Unfinished external refresh tasks: a node that takes every unit runs them; on
+            // a log only it opens at once (they are a dead incarnation's), on a shared one
+            // once their claims lapsed. A one-shot command runs only the tasks it refreshes,
+            // alters or waits for.
+            if take_all && let Err(e) = resumer.reconcile_external(None).await {
+                tracing::warn!(error = %e, "resuming external tasks failed; the reconciler tries again");
             }
         });
-        let snapshot_reconciler = take_all.then(|| {
+        let reconciler_task = take_all.then(|| {
             let reconciler = client.clone();
             tokio::spawn(async move {
                 let mut tick =
@@ -209,6 +214,9 @@ impl Node {
                     if let Err(e) = reconciler.reconcile_snapshots().await {
                         tracing::debug!(error = %e, "snapshot reconcile pass failed; trying again");
                     }
+                    if let Err(e) = reconciler.reconcile_external(None).await {
+                        tracing::debug!(error = %e, "external reconcile pass failed; trying again");
+                    }
                 }
             })
         });
@@ -216,7 +224,7 @@ impl Node {
             client,
             registry,
             resume,
-            snapshot_reconciler,
+            reconciler_task,
         })
     }
 
@@ -227,7 +235,7 @@ impl Node {
 
     /// Stop every actor after it finished what it was doing.
     pub async fn shutdown(self) {
-        if let Some(r) = &self.snapshot_reconciler {
+        if let Some(r) = &self.reconciler_task {
             r.abort();
         }
         let mut resume = self.resume;

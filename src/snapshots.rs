@@ -12,12 +12,12 @@
 
 use crate::client::Client;
 use serde::{Deserialize, Serialize};
+use snapvault_actors::claim_holder::{Attempt, ClaimHolder, try_claim};
 use snapvault_actors::collection::{Collection, check_snapshot_labels};
 use snapvault_actors::crash_points::crash_point;
 use snapvault_actors::snapshot::manifest::{self, IndexMeta, PartitionMeta};
 use snapvault_actors::snapshot::worker::VerifyReport;
 use snapvault_actors::snapshot::{Snapshot, SnapshotState};
-use snapvault_events::domain::claim::{ClaimCommand, ClaimEvent};
 use snapvault_events::domain::collection::CollectionCommand;
 use snapvault_events::domain::snapshot::{
     SnapshotCommand, SnapshotIdentity, SnapshotStatus, SnapshotTotals, snapshot_stream,
@@ -414,28 +414,11 @@ impl Client {
     ///   unclaimed — a reconciler may run it too after a claim's life; every step is
     ///   idempotent and the commit fenced by the snapshot's own state;
     /// - `Err`: another node holds it (`unavailable`, naming the node): leave it to that node.
-    async fn claim_snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotClaim>, Error> {
+    async fn claim_snapshot(&self, id: SnapshotId) -> Result<Option<ClaimHolder<Snapshot>>, Error> {
         let work = &self.restores.ctx.work;
-        let claim = SnapshotCommand::Claim(ClaimCommand::Claim {
-            node: work.node_id.clone(),
-            deadline_ms: self.registry.clock().now_ms() + work.claim_ttl_ms,
-            take_over_own: work.take_over_own,
-        });
-        match self
-            .registry
-            .execute::<Snapshot>(&snapshot_stream(id), claim, id)
-            .await
-        {
-            Ok(done) => {
-                let epoch = done.events.iter().find_map(|e| match e {
-                    snapvault_events::domain::snapshot::SnapshotEvent::Claim(
-                        ClaimEvent::Claimed { epoch, .. },
-                    ) => Some(*epoch),
-                    _ => None,
-                });
-                Ok(epoch.map(|epoch| SnapshotClaim::hold(self.registry.clone(), work, id, epoch)))
-            }
-            Err(e) if e.code == ErrorCode::FailedPrecondition => Err(Error::unavailable(format!(
+        match try_claim::<Snapshot>(&self.registry, work, &snapshot_stream(id), id).await {
+            Ok(Attempt::Held(holder)) => Ok(Some(holder)),
+            Ok(Attempt::Refused(e)) => Err(Error::unavailable(format!(
                 "snapshot {id}'s work runs elsewhere: {}",
                 e.message
             ))),
@@ -555,48 +538,5 @@ impl Client {
             report.pins_released += 1;
         }
         Ok(report)
-    }
-}
-
-/// A snapshot claim this node holds, renewed in the background every third of its life until
-/// dropped (the create or drop ended: its terminal event ends the claim anyway).
-struct SnapshotClaim {
-    renewer: tokio::task::JoinHandle<()>,
-}
-
-impl SnapshotClaim {
-    fn hold(
-        registry: snapvault_actors::Registry,
-        work: &snapvault_actors::work::WorkConfig,
-        id: SnapshotId,
-        epoch: u64,
-    ) -> SnapshotClaim {
-        let node = work.node_id.clone();
-        let ttl_ms = work.claim_ttl_ms;
-        let renewer = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis((ttl_ms / 3).max(1))).await;
-                let renew = SnapshotCommand::Claim(ClaimCommand::Renew {
-                    node: node.clone(),
-                    epoch,
-                    deadline_ms: registry.clock().now_ms() + ttl_ms,
-                });
-                match registry
-                    .execute::<Snapshot>(&snapshot_stream(id), renew, id)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.code == ErrorCode::FailedPrecondition => return,
-                    Err(e) => tracing::debug!(snapshot = id, error = %e, "claim not renewed yet"),
-                }
-            }
-        });
-        SnapshotClaim { renewer }
-    }
-}
-
-impl Drop for SnapshotClaim {
-    fn drop(&mut self) {
-        self.renewer.abort();
     }
 }

@@ -11,6 +11,9 @@
 //!   restore job and its claim never coordinates that job: every claim in the job's stream is
 //!   the starting node's, nothing is rolled back or created twice, and the target holds exactly
 //!   the snapshot's files.
+//! - A node `kill -9`ed in the middle of an external refresh task (held at a pause point) leaves
+//!   the task to the other node, which takes its claim once it lapses and commits the refresh
+//!   exactly once.
 
 use serde_json::Value;
 use snapvault_events::codec;
@@ -743,4 +746,146 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
 /// A restore event's name (its event type).
 fn event_name(e: &RestoreEvent) -> String {
     codec::DomainEvent::event_type(e).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// C. An external refresh task whose node dies mid-task.
+// ---------------------------------------------------------------------------------------------
+
+const FRAGMENTS: u64 = 12;
+const EXTERNAL_CLAIM_TTL: Duration = Duration::from_secs(5);
+/// On top of the claim TTL: the reconcile tick, the task run again from its start, the
+/// machine's load.
+const EXTERNAL_SLACK: Duration = Duration::from_secs(15);
+
+#[test]
+fn a_refresh_whose_node_is_killed_mid_task_is_finished_by_another_node() {
+    use snapvault_events::domain::external::{
+        ExternalTaskEvent, TaskOutcome, external_task_stream,
+    };
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let remote = Remote::new(BIN, &url, PREFIX);
+    let (dir, store) = temp_dir_with_store();
+    let lake = tempfile::tempdir().unwrap();
+    for i in 0..FRAGMENTS {
+        snapvault::lake::write_local(&lake.path().join(format!("part-{i:04}.parquet")), i, 10)
+            .unwrap();
+    }
+    let source = format!("file://{}/", lake.path().display());
+    let mut procs = Procs::default();
+    let ttl = ["--claim-ttl", "5s", "--reconcile-interval", "200ms"];
+    procs.start_node(
+        &remote,
+        &store,
+        dir.path(),
+        "n1",
+        &ttl,
+        &[("SNAPVAULT_PAUSE_AT", "external.after_list:120000")],
+    );
+    let created = remote.json(&["collection", "create", "c", "--external-source", &source]);
+    let collection = u64_of(&created, "id");
+    let task = remote.json(&["external", "refresh", "c"]);
+    let task_id = u64_of(&task, "task_id");
+
+    // n1 holds the task at its pause point, under its claim.
+    let held_since = Instant::now();
+    while !procs.nodes[0]
+        .stderr_text()
+        .contains("pause point 'external.after_list' reached")
+    {
+        assert!(
+            held_since.elapsed() < Duration::from_secs(20),
+            "n1 never reached the pause point\n{}",
+            procs.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = remote.json(&["external", "status", "c"]);
+    assert_eq!(status["active"]["node"], "n1", "{status}");
+    assert_eq!(status["active"]["status"], "running", "{status}");
+
+    procs.start_node(&remote, &store, dir.path(), "n2", &ttl, &[]);
+    node_by_id(&mut procs.nodes, "n1").kill();
+    let killed = Instant::now();
+    let mut seen_on_n2 = false;
+    let status = loop {
+        let s = remote.try_json(&["external", "status", "c"]);
+        if let Some(s) = &s {
+            seen_on_n2 |= s["active"]["node"] == "n2";
+            if s["active"].is_null() && s["last"]["task_id"] == task_id {
+                break s.clone();
+            }
+        }
+        assert!(
+            killed.elapsed() < EXTERNAL_CLAIM_TTL + EXTERNAL_SLACK,
+            "the task did not end {:?} after n1 was killed: {s:?}\n{}",
+            killed.elapsed(),
+            procs.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "the task ended {:?} after n1 was killed (claim TTL {EXTERNAL_CLAIM_TTL:?}); seen on n2: {seen_on_n2}",
+        killed.elapsed()
+    );
+    assert_eq!(status["last"]["status"], "committed", "{status}");
+    assert_eq!(status["fragments"], FRAGMENTS, "{status}");
+    assert_eq!(status["segments"], 1, "{status}");
+
+    // The log: n1 claimed epoch 1, n2 took epoch 2 only after n1's deadline, the task ended
+    // committed once; the collection committed exactly one refresh, from this task.
+    let (task_events, collection_events) = read_log(&url, async |log| {
+        (
+            stream_events::<ExternalTaskEvent>(log, &external_task_stream(task_id)).await,
+            stream_events::<CollectionEvent>(log, &collection_stream(collection)).await,
+        )
+    });
+    let mut claims = Vec::new();
+    let mut last_deadline_of_n1 = 0;
+    let mut finished = Vec::new();
+    for (_, e) in &task_events {
+        match e {
+            ExternalTaskEvent::Claim(ClaimEvent::Claimed {
+                node,
+                epoch,
+                deadline_ms,
+                at_ms,
+            }) => {
+                if node == "n1" {
+                    last_deadline_of_n1 = *deadline_ms;
+                } else {
+                    assert!(
+                        *at_ms >= last_deadline_of_n1,
+                        "{node} claimed at {at_ms} ms, before n1's deadline {last_deadline_of_n1}"
+                    );
+                }
+                claims.push((node.clone(), *epoch));
+            }
+            ExternalTaskEvent::Claim(ClaimEvent::Renewed { deadline_ms, .. })
+                if claims.last().is_some_and(|(n, _)| n == "n1") =>
+            {
+                last_deadline_of_n1 = *deadline_ms;
+            }
+            ExternalTaskEvent::Finished { outcome, .. } => finished.push(outcome.clone()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        claims,
+        vec![("n1".to_string(), 1), ("n2".to_string(), 2)],
+        "claims of task {task_id}"
+    );
+    assert!(
+        matches!(finished.as_slice(), [TaskOutcome::Committed { .. }]),
+        "{finished:?}"
+    );
+    let commits: Vec<u64> = collection_events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            CollectionEvent::ExternalRefreshed { task_id, .. } => Some(*task_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commits, vec![task_id], "refresh commits");
 }

@@ -8,6 +8,7 @@
 pub mod aggregate;
 pub mod catalog;
 pub mod claim;
+pub mod claim_holder;
 pub mod collection;
 pub mod copy_audit;
 pub mod crash_points;

@@ -6,13 +6,14 @@
 //!   allowed only to single-node runs);
 //! - a renewal or release names the current epoch (others are refused by the decider, so one
 //!   in the log is a bug);
-//! - every step a copy task records (files copied, completed, failed) is recorded while a
-//!   claim is held — so at most one holder acts per epoch, and a stale holder's late writes
+//! - every step a copy task records (files copied, completed, failed), and every progress
+//!   of an external refresh task, is recorded while a claim is held — so at most one holder acts per epoch, and a stale holder's late writes
 //!   never reach the log.
 
 use snapvault_events::Envelope;
 use snapvault_events::codec::decode;
 use snapvault_events::domain::claim::{Claim, ClaimEvent};
+use snapvault_events::domain::external::ExternalTaskEvent;
 use snapvault_events::domain::restore::{CopyTaskEvent, RestoreEvent};
 use snapvault_events::domain::snapshot::SnapshotEvent;
 use std::collections::BTreeMap;
@@ -57,6 +58,13 @@ fn step(env: &Envelope) -> Result<Step, String> {
             RestoreEvent::Completed { .. } | RestoreEvent::RolledBack { .. } => Step::End,
             _ => Step::Other,
         }
+    } else if env.stream.starts_with("external-") {
+        match decode::<ExternalTaskEvent>(env).map_err(bad)? {
+            ExternalTaskEvent::Claim(c) => Step::Claim(c),
+            ExternalTaskEvent::Progressed { .. } => Step::Work,
+            ExternalTaskEvent::Finished { .. } => Step::End,
+            ExternalTaskEvent::Started { .. } => Step::Other,
+        }
     } else if env.stream == snapvault_events::domain::gc::GC_CLAIM_STREAM {
         Step::Claim(decode::<ClaimEvent>(env).map_err(bad)?)
     } else if env.stream.starts_with("snapshot-") {
@@ -77,6 +85,7 @@ impl ClaimAudit {
         let is_work_stream = env.stream.starts_with("copytask-")
             || env.stream.starts_with("restore-")
             || env.stream.starts_with("snapshot-")
+            || env.stream.starts_with("external-")
             || env.stream == snapvault_events::domain::gc::GC_CLAIM_STREAM;
         if !is_work_stream {
             return Ok(());
@@ -137,7 +146,7 @@ impl ClaimAudit {
             Step::Work => {
                 if t.holder.is_none() {
                     return Err(format!(
-                        "{at}: a copy task recorded progress while nobody held its claim"
+                        "{at}: a copy task or refresh task recorded progress while nobody held its claim"
                     ));
                 }
             }

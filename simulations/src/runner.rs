@@ -1064,19 +1064,36 @@ impl Sim {
             .await
     }
 
-    /// Resume and finish every external task, then require that none is left running.
+    /// Let the reconcilers finish every external task (a task whose runner died is taken
+    /// once its claim lapsed), then require that none is left running.
     async fn settle_external(&mut self, client: &Client) -> Result<(), String> {
-        client
-            .resume_external()
-            .await
-            .map_err(|e| format!("liveness: resuming external tasks failed: {e}"))?;
-        client
-            .external_idle(OP_TIMEOUT)
-            .await
-            .map_err(|e| format!("liveness: external tasks do not settle: {e}"))?;
-        self.checker
-            .ingest(self.log.inner(), &mut self.trace)
-            .await?;
+        let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+        loop {
+            client
+                .reconcile_external(None)
+                .await
+                .map_err(|e| format!("liveness: reconciling external tasks failed: {e}"))?;
+            client
+                .external_idle(OP_TIMEOUT)
+                .await
+                .map_err(|e| format!("liveness: external tasks do not settle: {e}"))?;
+            self.checker
+                .ingest(self.log.inner(), &mut self.trace)
+                .await?;
+            let truth = self.checker.truth();
+            let running = truth.external.tasks.values().any(|t| t.is_running())
+                || truth.collections.values().any(|r| {
+                    r.state.is_live()
+                        && r.state
+                            .external
+                            .as_ref()
+                            .is_some_and(|e| e.active.is_some())
+                });
+            if !running || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         let truth = self.checker.truth();
         for (id, t) in &truth.external.tasks {
             if t.is_running() {

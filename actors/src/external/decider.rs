@@ -1,14 +1,21 @@
 //! The external update task's life cycle: Running → Committed | Superseded | Cancelled |
 //! Failed. Pure.
 //!
+//! A running task is run by the node holding its claim (design §10, `crate::claim`): its
+//! progress is recorded under the claim's epoch, so a holder that lost the task to another
+//! node is refused at its next step and stops. The end (`Finish`) is not fenced: the
+//! collection decided it already, and any node may record it.
+//!
 //! The task stream *follows* the collection stream, which decides every outcome (see
 //! `snapvault_events::domain::external`): the worker writes `Finish` here after the
 //! collection recorded the end, and the resume at start reconciles a task whose stream a
 //! crash left Running. So `Finish` is idempotent, and a second, different outcome is refused.
 
 use crate::aggregate::Aggregate;
+use crate::claim::ClaimState;
 use serde::Serialize;
 use snapvault_events::Error;
+use snapvault_events::domain::claim::ClaimCommand;
 use snapvault_events::domain::external::{
     ExternalTaskCommand, ExternalTaskEvent, TaskIdentity, TaskOutcome, TaskPhase, TaskProgress,
     clip_reason,
@@ -23,6 +30,8 @@ pub struct ExternalTaskState {
     pub progress_ms: u64,
     pub outcome: Option<TaskOutcome>,
     pub finished_ms: Option<u64>,
+    /// Which node runs it, until when (design §10). Free once the task ended.
+    pub claim: ClaimState,
 }
 
 impl ExternalTaskState {
@@ -41,6 +50,20 @@ impl ExternalTaskState {
 }
 
 pub struct ExternalTask;
+
+impl crate::claim_holder::Claimable for ExternalTask {
+    fn claim_command(command: ClaimCommand) -> ExternalTaskCommand {
+        ExternalTaskCommand::Claim(command)
+    }
+    fn claim_event(
+        event: &ExternalTaskEvent,
+    ) -> Option<&snapvault_events::domain::claim::ClaimEvent> {
+        match event {
+            ExternalTaskEvent::Claim(c) => Some(c),
+            _ => None,
+        }
+    }
+}
 
 impl Aggregate for ExternalTask {
     type State = ExternalTaskState;
@@ -75,12 +98,22 @@ impl Aggregate for ExternalTask {
                     }])
                 }
             },
-            C::Progress { phase, progress } => {
-                if s.identity.is_none() {
+            C::Progress {
+                epoch,
+                phase,
+                progress,
+            } => {
+                let Some(identity) = &s.identity else {
                     return Err(Error::not_found("external task not found"));
+                };
+                // Late progress of a finished task changes nothing.
+                if s.outcome.is_some() {
+                    return Ok(vec![]);
                 }
-                // Late progress of a finished task, or a repeat, changes nothing.
-                if s.outcome.is_some() || (s.phase == Some(*phase) && s.progress == *progress) {
+                // Checked before the repeat test, so a repeat doubles as "do I still hold it?".
+                s.claim
+                    .fence(*epoch, &format!("external task {}", identity.task_id))?;
+                if s.phase == Some(*phase) && s.progress == *progress {
                     return Ok(vec![]);
                 }
                 Ok(vec![E::Progressed {
@@ -117,6 +150,28 @@ impl Aggregate for ExternalTask {
                     }
                 }
             }
+            // Only a running task is claimed; renewing or releasing an ended one is a no-op.
+            C::Claim(claim) => match (&s.identity, &s.outcome) {
+                (None, _) => Err(Error::not_found("external task not found")),
+                (Some(identity), None) => Ok(s
+                    .claim
+                    .decide(
+                        claim,
+                        now_ms,
+                        &format!("external task {}", identity.task_id),
+                    )?
+                    .into_iter()
+                    .map(E::Claim)
+                    .collect()),
+                (Some(identity), Some(outcome)) if matches!(claim, ClaimCommand::Claim { .. }) => {
+                    Err(Error::failed_precondition(format!(
+                        "external task {} ended {}; only a running task is claimed",
+                        identity.task_id,
+                        outcome.as_str()
+                    )))
+                }
+                (Some(_), Some(_)) => Ok(vec![]),
+            },
         }
     }
 
@@ -145,7 +200,9 @@ impl Aggregate for ExternalTask {
             } => {
                 s.outcome = Some(outcome.clone());
                 s.finished_ms = Some(*finished_ms);
+                s.claim.end(*finished_ms);
             }
+            ExternalTaskEvent::Claim(c) => s.claim.evolve(c),
         }
     }
 }
@@ -247,12 +304,86 @@ mod tests {
         let (out, _) = given_when::<ExternalTask>(
             &[started(), finished],
             ExternalTaskCommand::Progress {
+                epoch: 0,
                 phase: TaskPhase::ReadingFooters,
                 progress: TaskProgress::default(),
             },
             10,
         );
         assert!(out.unwrap().is_empty(), "late progress is ignored");
+    }
+
+    fn claimed(node: &str, epoch: u64, deadline_ms: u64) -> ExternalTaskEvent {
+        ExternalTaskEvent::Claim(snapvault_events::domain::claim::ClaimEvent::Claimed {
+            node: node.into(),
+            epoch,
+            deadline_ms,
+            at_ms: 0,
+        })
+    }
+
+    fn progress(epoch: u64, listed: u64) -> ExternalTaskCommand {
+        ExternalTaskCommand::Progress {
+            epoch,
+            phase: TaskPhase::Listing,
+            progress: TaskProgress {
+                fragments_listed: listed,
+                ..TaskProgress::default()
+            },
+        }
+    }
+
+    #[test]
+    fn progress_is_recorded_only_under_the_current_claim() {
+        // Unclaimed: refused.
+        let (out, _) = given_when::<ExternalTask>(&[started()], progress(1, 5), 2);
+        assert_eq!(out.unwrap_err().code, ErrorCode::FailedPrecondition);
+        // Claimed by epoch 1: epoch 1 records, a repeat is a no-op that still checks.
+        let given = [started(), claimed("a", 1, 100)];
+        let (out, _) = given_when::<ExternalTask>(&given, progress(1, 5), 2);
+        assert_eq!(out.unwrap().len(), 1);
+        // Taken over by epoch 2 after the deadline: the stale holder is refused, even for
+        // a repeat of what it recorded.
+        let given = [started(), claimed("a", 1, 100), claimed("b", 2, 300)];
+        let (out, _) = given_when::<ExternalTask>(&given, progress(1, 0), 150);
+        let e = out.unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert!(e.message.contains("claim lost"), "{e}");
+    }
+
+    #[test]
+    fn a_live_claim_excludes_others_and_the_end_frees_it() {
+        let given = [started(), claimed("a", 1, 100)];
+        let claim = |node: &str| {
+            ExternalTaskCommand::Claim(ClaimCommand::Claim {
+                node: node.into(),
+                deadline_ms: 500,
+                take_over_own: false,
+            })
+        };
+        let (out, _) = given_when::<ExternalTask>(&given, claim("b"), 50);
+        assert_eq!(out.unwrap_err().code, ErrorCode::FailedPrecondition);
+        let (out, state) = given_when::<ExternalTask>(&given, claim("b"), 100);
+        assert_eq!(out.unwrap().len(), 1, "a lapsed claim is taken");
+        assert_eq!(
+            state.claim.holder.map(|c| (c.node, c.epoch)),
+            Some(("b".into(), 2))
+        );
+        let finished = ExternalTaskEvent::Finished {
+            outcome: TaskOutcome::Cancelled,
+            finished_ms: 60,
+        };
+        let given = [started(), claimed("a", 1, 100), finished];
+        let (out, state) = given_when::<ExternalTask>(&given, claim("b"), 70);
+        assert_eq!(out.unwrap_err().code, ErrorCode::FailedPrecondition);
+        assert!(state.claim.holder.is_none(), "the end frees the claim");
+        let renew = ExternalTaskCommand::Claim(ClaimCommand::Renew {
+            node: "a".into(),
+            epoch: 1,
+            deadline_ms: 900,
+        });
+        let (out, _) = given_when::<ExternalTask>(&given, renew, 70);
+        assert!(out.unwrap().is_empty(), "renewing an ended task is a no-op");
     }
 
     #[test]

@@ -22,9 +22,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use object_store::ObjectStore;
 use snapvault_events::codec::decode;
-use snapvault_events::domain::collection::{
-    CollectionCommand, CollectionEvent, ExternalCommit, SegmentRecord,
-};
+use snapvault_events::domain::collection::{CollectionCommand, ExternalCommit, SegmentRecord};
 use snapvault_events::domain::external::{
     ExternalTaskCommand, ExternalTaskEvent, FRAGMENT_LIST_FORMAT, FragmentList, FragmentRef,
     RefreshCounts, TaskEnd, TaskId, TaskIdentity, TaskOutcome, TaskPhase, TaskProgress,
@@ -33,7 +31,7 @@ use snapvault_events::domain::external::{
 use snapvault_events::domain::{CollectionId, FileRef, SegmentId, collection_stream};
 use snapvault_events::ids::IdAllocator;
 use snapvault_events::{Error, ErrorCode, EventLog, SharedClock};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +77,8 @@ enum Stop {
     /// The task is over: this is how (already decided by the collection, or to record).
     Outcome(TaskOutcome),
     Source(SourceError),
+    /// This node no longer holds the task's claim: another node runs it now.
+    Lost(Error),
 }
 
 impl From<Error> for Stop {
@@ -299,8 +299,12 @@ impl ExternalWorker {
         }))
     }
 
-    /// Drive a task to its end. Safe to run again after a crash, and twice at once.
-    pub async fn run(&self, id: TaskId) -> Result<ExternalTaskState, Error> {
+    /// Drive a task to its end under the claim of epoch `epoch` (see
+    /// `crate::claim_holder`). Safe to run again after a crash, and twice at once (the
+    /// collection's fence lets one commit; the claim makes the other stop at its next step).
+    /// A lost claim ends the run with `failed_precondition` ("claim lost") and records
+    /// nothing more.
+    pub async fn run(&self, id: TaskId, epoch: u64) -> Result<ExternalTaskState, Error> {
         let mut attempt = 0u32;
         let mut delay_ms = self.config.retry_initial_ms.max(1);
         loop {
@@ -311,15 +315,18 @@ impl ExternalWorker {
             if t.outcome.is_some() {
                 return Ok(t);
             }
-            let outcome = match self.attempt(&identity).await {
+            let outcome = match self.attempt(&identity, epoch).await {
                 Ok(outcome) => outcome,
+                Err(Stop::Lost(e)) => return Err(e),
                 Err(Stop::Outcome(outcome)) => self.confirm_outcome(&identity, outcome).await?,
                 Err(Stop::Source(SourceError::Permanent { key, reason })) => {
+                    self.still_held(&identity, epoch).await?;
                     self.fail(&identity, key, reason).await?
                 }
                 Err(Stop::Source(SourceError::Transient(e))) => {
                     attempt += 1;
                     if attempt >= self.config.max_attempts.max(1) {
+                        self.still_held(&identity, epoch).await?;
                         let reason = format!("gave up after {attempt} attempts: {e}");
                         self.fail(&identity, identity.config.source.clone(), reason)
                             .await?
@@ -335,6 +342,23 @@ impl ExternalWorker {
                 .await?;
             return self.task(id).await;
         }
+    }
+
+    /// Refuse (`failed_precondition`, "claim lost") unless this node still holds the task
+    /// under `epoch`: a repeat of the recorded progress passes the task's epoch fence and
+    /// appends nothing. Asked before a failure is decided, which a stale holder must not do.
+    async fn still_held(&self, identity: &TaskIdentity, epoch: u64) -> Result<(), Error> {
+        let t = self.task(identity.task_id).await?;
+        let phase = t.phase.unwrap_or(TaskPhase::Listing);
+        self.task_command(
+            identity.task_id,
+            ExternalTaskCommand::Progress {
+                epoch,
+                phase,
+                progress: t.progress,
+            },
+        )
+        .await
     }
 
     /// End the task failed on the collection (unless it already ended otherwise), and
@@ -433,20 +457,33 @@ impl ExternalWorker {
     async fn progress(
         &self,
         identity: &TaskIdentity,
+        epoch: u64,
         phase: TaskPhase,
         progress: TaskProgress,
     ) -> Result<(), Stop> {
         self.task_command(
             identity.task_id,
-            ExternalTaskCommand::Progress { phase, progress },
+            ExternalTaskCommand::Progress {
+                epoch,
+                phase,
+                progress,
+            },
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            // The only refusal of progress on a started task: the claim moved on.
+            if e.code == ErrorCode::FailedPrecondition {
+                Stop::Lost(e)
+            } else {
+                Stop::from(e)
+            }
+        })?;
         // The slot may have moved on (cancel, alter): stop early rather than at the commit.
         let slot = self.slot(identity.collection_id).await?;
         Self::check_slot(identity, &slot)
     }
 
-    async fn attempt(&self, identity: &TaskIdentity) -> Result<TaskOutcome, Stop> {
+    async fn attempt(&self, identity: &TaskIdentity, epoch: u64) -> Result<TaskOutcome, Stop> {
         let slot = self.live_slot(identity).await?;
         let (_, location) = parse_source(&identity.config.source)?;
         let source: OpenSource = self.sources.open(&location)?;
@@ -462,7 +499,7 @@ impl ExternalWorker {
             fragments_listed: listing.len() as u64,
             ..TaskProgress::default()
         };
-        self.progress(identity, TaskPhase::Listing, progress)
+        self.progress(identity, epoch, TaskPhase::Listing, progress)
             .await?;
 
         // The fragment lists of the current segments, read in parallel.
@@ -497,7 +534,7 @@ impl ExternalWorker {
         let p = plan(&listing, &current, fingerprint);
         progress.fragments_unchanged = p.kept_fragments;
         progress.footers_total = p.unknown.len() as u64;
-        self.progress(identity, TaskPhase::ReadingFooters, progress)
+        self.progress(identity, epoch, TaskPhase::ReadingFooters, progress)
             .await?;
 
         // Footers of new and changed fragments, in parallel, in listing order.
@@ -527,7 +564,7 @@ impl ExternalWorker {
                 .footers_read
                 .is_multiple_of(self.config.progress_every.max(1))
             {
-                self.progress(identity, TaskPhase::ReadingFooters, progress)
+                self.progress(identity, epoch, TaskPhase::ReadingFooters, progress)
                     .await?;
             }
         }
@@ -536,7 +573,7 @@ impl ExternalWorker {
 
         // New segments: ids from the log's allocator, one fragment list object each.
         let bins = pack(fragments, identity.config.spec.target_rows_per_segment);
-        self.progress(identity, TaskPhase::Writing, progress)
+        self.progress(identity, epoch, TaskPhase::Writing, progress)
             .await?;
         let first_id = if bins.is_empty() {
             0
@@ -594,7 +631,7 @@ impl ExternalWorker {
 
         // Re-validate: still the active task, for the same source and spec, same segments.
         progress.footers_read = progress.footers_total;
-        self.progress(identity, TaskPhase::Committing, progress)
+        self.progress(identity, epoch, TaskPhase::Committing, progress)
             .await?;
         let now = self.live_slot(identity).await?;
         let before: BTreeSet<SegmentId> = slot.segments.iter().map(|s| s.0).collect();
@@ -647,67 +684,6 @@ impl ExternalWorker {
         }
         crash_point("external.after_commit");
         Ok(TaskOutcome::Committed { counts })
-    }
-}
-
-/// Unfinished external work in the log: tasks whose stream is Running, and tasks a
-/// collection holds as active (their stream may be missing after a crash).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct UnfinishedTasks {
-    pub running: BTreeSet<TaskId>,
-    /// (collection, active task) pairs.
-    pub active: BTreeMap<CollectionId, TaskId>,
-}
-
-/// Scan the log once (at start) for unfinished external tasks. Only external events are
-/// decoded.
-pub async fn scan_unfinished(log: &dyn EventLog) -> Result<UnfinishedTasks, Error> {
-    const PAGE: usize = 4096;
-    let mut out = UnfinishedTasks::default();
-    let mut next = 1u64;
-    loop {
-        let page = log.read_all(next, PAGE).await?;
-        let n = page.len();
-        for env in page {
-            next = env.position + 1;
-            if let Some(id) = env
-                .stream
-                .strip_prefix("external-")
-                .and_then(|x| x.parse::<TaskId>().ok())
-            {
-                match env.event_type.as_str() {
-                    "Started" => {
-                        out.running.insert(id);
-                    }
-                    "Finished" => {
-                        out.running.remove(&id);
-                    }
-                    _ => {}
-                }
-            } else if let Some(cid) = env
-                .stream
-                .strip_prefix("collection-")
-                .and_then(|x| x.parse::<CollectionId>().ok())
-                && env.event_type.starts_with("External")
-            {
-                match decode::<CollectionEvent>(&env)? {
-                    CollectionEvent::ExternalAltered { task_id, .. }
-                    | CollectionEvent::ExternalTaskStarted { task_id, .. } => {
-                        out.active.insert(cid, task_id);
-                    }
-                    CollectionEvent::ExternalTaskEnded { task_id, .. }
-                    | CollectionEvent::ExternalRefreshed { task_id, .. }
-                        if out.active.get(&cid) == Some(&task_id) =>
-                    {
-                        out.active.remove(&cid);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if n < PAGE {
-            return Ok(out);
-        }
     }
 }
 

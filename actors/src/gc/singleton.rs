@@ -10,12 +10,12 @@
 
 use crate::aggregate::Aggregate;
 use crate::claim::ClaimState;
+use crate::claim_holder::{self, ClaimHolder, Claimable};
 use crate::registry::Registry;
 use crate::work::WorkConfig;
+use snapvault_events::Error;
 use snapvault_events::domain::claim::{ClaimCommand, ClaimEvent};
 use snapvault_events::domain::gc::GC_CLAIM_STREAM;
-use snapvault_events::{Error, ErrorCode};
-use std::time::Duration;
 
 /// The GC cycle's claim, as an entity of its own stream.
 pub struct GcClaim;
@@ -35,13 +35,19 @@ impl Aggregate for GcClaim {
     }
 }
 
-/// The claim a running cycle holds; renewed in the background until dropped or released.
-pub struct CycleClaim {
-    registry: Registry,
-    node: String,
-    epoch: u64,
-    renewer: tokio::task::JoinHandle<()>,
+impl Claimable for GcClaim {
+    fn claim_command(command: ClaimCommand) -> ClaimCommand {
+        command
+    }
+    fn claim_event(event: &ClaimEvent) -> Option<&ClaimEvent> {
+        Some(event)
+    }
 }
+
+/// The claim a running cycle holds; renewed in the background until dropped or released.
+/// A cycle that loses it finishes the deletes it announced (each re-checked against the
+/// reference index), so it does not watch [`ClaimHolder::lost`].
+pub type CycleClaim = ClaimHolder<GcClaim>;
 
 /// How a claim attempt ended.
 pub enum Attempt {
@@ -52,28 +58,9 @@ pub enum Attempt {
 
 /// Try once to claim the GC cycle for this node.
 pub async fn try_claim(registry: &Registry, work: &WorkConfig) -> Result<Attempt, Error> {
-    let now_ms = registry.clock().now_ms();
-    let claim = ClaimCommand::Claim {
-        node: work.node_id.clone(),
-        deadline_ms: now_ms + work.claim_ttl_ms,
-        take_over_own: work.take_over_own,
-    };
-    match registry.execute::<GcClaim>(GC_CLAIM_STREAM, claim, 0).await {
-        Ok(done) => {
-            let epoch = done.events.iter().find_map(|e| match e {
-                ClaimEvent::Claimed { epoch, .. } => Some(*epoch),
-                _ => None,
-            });
-            let Some(epoch) = epoch else {
-                return Err(Error::internal("a granted GC claim recorded no claim"));
-            };
-            Ok(Attempt::Held(CycleClaim::hold(
-                registry.clone(),
-                work,
-                epoch,
-            )))
-        }
-        Err(e) if e.code == ErrorCode::FailedPrecondition => {
+    match claim_holder::try_claim::<GcClaim>(registry, work, GC_CLAIM_STREAM, 0).await? {
+        claim_holder::Attempt::Held(c) => Ok(Attempt::Held(c)),
+        claim_holder::Attempt::Refused(_) => {
             let holder = registry
                 .inspect_latest::<GcClaim, _>(GC_CLAIM_STREAM, |_, s| {
                     s.holder.as_ref().map(|c| c.node.clone())
@@ -82,59 +69,5 @@ pub async fn try_claim(registry: &Registry, work: &WorkConfig) -> Result<Attempt
                 .unwrap_or_default();
             Ok(Attempt::Busy(holder))
         }
-        Err(e) => Err(e),
-    }
-}
-
-impl CycleClaim {
-    fn hold(registry: Registry, work: &WorkConfig, epoch: u64) -> CycleClaim {
-        let node = work.node_id.clone();
-        let ttl_ms = work.claim_ttl_ms;
-        let r = registry.clone();
-        let n = node.clone();
-        let renewer = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis((ttl_ms / 3).max(1))).await;
-                let renew = ClaimCommand::Renew {
-                    node: n.clone(),
-                    epoch,
-                    deadline_ms: r.clock().now_ms() + ttl_ms,
-                };
-                if let Err(e) = r.execute::<GcClaim>(GC_CLAIM_STREAM, renew, 0).await
-                    && e.code == ErrorCode::FailedPrecondition
-                {
-                    tracing::warn!(error = %e, "the GC cycle's claim was lost; the cycle finishes its announced deletes");
-                    return;
-                }
-            }
-        });
-        CycleClaim {
-            registry,
-            node,
-            epoch,
-            renewer,
-        }
-    }
-
-    /// The cycle is over: stop renewing and give the claim back.
-    pub async fn release(self) {
-        self.renewer.abort();
-        let release = ClaimCommand::Release {
-            node: self.node.clone(),
-            epoch: self.epoch,
-        };
-        if let Err(e) = self
-            .registry
-            .execute::<GcClaim>(GC_CLAIM_STREAM, release, 0)
-            .await
-        {
-            tracing::info!(error = %e, "the GC claim was not released; it lapses");
-        }
-    }
-}
-
-impl Drop for CycleClaim {
-    fn drop(&mut self) {
-        self.renewer.abort();
     }
 }

@@ -122,6 +122,18 @@ fn check_plan(segments: &[PlannedSegment]) -> Result<(), Error> {
 
 pub struct CopyTask;
 
+impl crate::claim_holder::Claimable for CopyTask {
+    fn claim_command(command: snapvault_events::domain::claim::ClaimCommand) -> CopyTaskCommand {
+        CopyTaskCommand::Claim(command)
+    }
+    fn claim_event(event: &CopyTaskEvent) -> Option<&snapvault_events::domain::claim::ClaimEvent> {
+        match event {
+            CopyTaskEvent::Claim(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 impl Aggregate for CopyTask {
     type State = CopyTaskState;
     type Command = CopyTaskCommand;

@@ -106,6 +106,18 @@ pub fn check_request(r: &RestoreRequest) -> Result<(), Error> {
 
 pub struct RestoreJob;
 
+impl crate::claim_holder::Claimable for RestoreJob {
+    fn claim_command(command: snapvault_events::domain::claim::ClaimCommand) -> RestoreCommand {
+        RestoreCommand::Claim(command)
+    }
+    fn claim_event(event: &RestoreEvent) -> Option<&snapvault_events::domain::claim::ClaimEvent> {
+        match event {
+            RestoreEvent::Claim(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 impl Aggregate for RestoreJob {
     type State = RestoreJobState;
     type Command = RestoreCommand;

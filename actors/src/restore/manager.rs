@@ -19,6 +19,7 @@
 //! transient failure.
 
 use crate::claim::ClaimState;
+use crate::claim_holder::Claimable;
 use crate::restore::context::RestoreContext;
 use crate::restore::copier::{CopyRunner, CopyRunnerArgs, TaskOutcome};
 use crate::restore::index::{JobEntry, RestoreIndex};
@@ -69,11 +70,6 @@ pub enum ManagerMsg {
     },
     /// Stop every runner and copy, release what is held, and answer when they are gone.
     Shutdown { done: oneshot::Sender<()> },
-    /// Is `job` coordinated by this node?
-    IsRunning {
-        job: JobId,
-        reply: oneshot::Sender<bool>,
-    },
 }
 
 /// A claim this node holds.
@@ -420,7 +416,7 @@ impl ManagerState {
     async fn renew(&mut self, now_ms: u64) {
         let work = self.ctx.work.clone();
         let due = |h: &Held| h.deadline_ms.saturating_sub(now_ms) < work.renew_below_ms();
-        let node = work.node_id.clone();
+        let renewed_deadline_ms = now_ms + work.claim_ttl_ms;
         let jobs: Vec<(JobId, Held)> = self
             .jobs
             .iter()
@@ -428,26 +424,17 @@ impl ManagerState {
             .map(|(j, r)| (*j, r.claim))
             .collect();
         for (job, held) in jobs {
-            let renew = RestoreCommand::Claim(ClaimCommand::Renew {
-                node: node.clone(),
-                epoch: held.epoch,
-                deadline_ms: now_ms + work.claim_ttl_ms,
-            });
-            let r = self
-                .ctx
-                .registry
-                .execute::<RestoreJob>(&restore_stream(job), renew, job)
-                .await
-                .map(|_| ());
-            if r.is_ok()
-                && let Some(run) = self.jobs.get_mut(&job)
-            {
-                run.claim.deadline_ms = now_ms + work.claim_ttl_ms;
+            let (renewed, holds) = self
+                .renew_one::<RestoreJob>(&restore_stream(job), job, &held, now_ms)
+                .await;
+            let Some(run) = self.jobs.get_mut(&job) else {
+                continue;
+            };
+            if renewed {
+                run.claim.deadline_ms = renewed_deadline_ms;
             }
-            if !still_holds(&r, &held, now_ms, &work, &format!("restore job {job}"))
-                && let Some(run) = self.jobs.get(&job)
-            {
-                tracing::warn!(job, node = %node, "stopping the coordination of a restore job whose claim lapsed");
+            if !holds {
+                tracing::warn!(job, node = %work.node_id, "stopping the coordination of a restore job whose claim lapsed");
                 let _ = run.runner.send_message(RunnerMsg::Stop { shutdown: true });
             }
         }
@@ -458,31 +445,44 @@ impl ManagerState {
             .map(|(k, r)| (*k, r.claim))
             .collect();
         for ((job, task), held) in tasks {
-            let renew = CopyTaskCommand::Claim(ClaimCommand::Renew {
-                node: node.clone(),
-                epoch: held.epoch,
-                deadline_ms: now_ms + work.claim_ttl_ms,
-            });
-            let r = self
-                .ctx
-                .registry
-                .execute::<CopyTask>(&copy_task_stream(job, task), renew, job)
-                .await
-                .map(|_| ());
-            if r.is_ok()
-                && let Some(run) = self.tasks.get_mut(&(job, task))
-            {
-                run.claim.deadline_ms = now_ms + work.claim_ttl_ms;
+            let (renewed, holds) = self
+                .renew_one::<CopyTask>(&copy_task_stream(job, task), job, &held, now_ms)
+                .await;
+            let Some(run) = self.tasks.get_mut(&(job, task)) else {
+                continue;
+            };
+            if renewed {
+                run.claim.deadline_ms = renewed_deadline_ms;
                 run.deadline_ms
-                    .store(run.claim.deadline_ms, std::sync::atomic::Ordering::SeqCst);
+                    .store(renewed_deadline_ms, std::sync::atomic::Ordering::SeqCst);
             }
-            let what = format!("copy task {task} of restore job {job}");
-            if !still_holds(&r, &held, now_ms, &work, &what)
-                && let Some(run) = self.tasks.get(&(job, task))
-            {
+            if !holds {
                 let _ = run.stop.send(true);
             }
         }
+    }
+
+    /// Renew one claim this node holds: (renewed, still held — see [`still_holds`]).
+    async fn renew_one<A: Claimable>(
+        &self,
+        stream: &str,
+        correlation_id: u64,
+        held: &Held,
+        now_ms: u64,
+    ) -> (bool, bool) {
+        let work = &self.ctx.work;
+        let renew = A::claim_command(ClaimCommand::Renew {
+            node: work.node_id.clone(),
+            epoch: held.epoch,
+            deadline_ms: now_ms + work.claim_ttl_ms,
+        });
+        let r = self
+            .ctx
+            .registry
+            .execute::<A>(stream, renew, correlation_id)
+            .await
+            .map(|_| ());
+        (r.is_ok(), still_holds(&r, held, now_ms, work, stream))
     }
 
     /// Find work in the index and claim what this node should run.
@@ -770,9 +770,6 @@ impl Actor for RestoreManager {
                     let _ = t.stop.send(true);
                 }
                 s.maybe_done_shutting_down();
-            }
-            ManagerMsg::IsRunning { job, reply } => {
-                let _ = reply.send(s.jobs.contains_key(&job));
             }
         }
         Ok(())

@@ -90,19 +90,6 @@ impl Restores {
         let _ = self.manager.send_message(ManagerMsg::Poke);
     }
 
-    /// Is `job` being driven by this node?
-    pub async fn is_running(&self, job: JobId) -> bool {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .manager
-            .send_message(ManagerMsg::IsRunning { job, reply })
-            .is_err()
-        {
-            return false;
-        }
-        rx.await.unwrap_or(false)
-    }
-
     /// Stop every runner and copy (progress is recorded; their claims are released or lapse,
     /// and another node — or the next process — takes the work over), at most `wait` long,
     /// then the manager and the index.

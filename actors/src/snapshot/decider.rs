@@ -57,6 +57,18 @@ impl SnapshotState {
 
 pub struct Snapshot;
 
+impl crate::claim_holder::Claimable for Snapshot {
+    fn claim_command(command: ClaimCommand) -> SnapshotCommand {
+        SnapshotCommand::Claim(command)
+    }
+    fn claim_event(event: &SnapshotEvent) -> Option<&snapvault_events::domain::claim::ClaimEvent> {
+        match event {
+            SnapshotEvent::Claim(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 impl Aggregate for Snapshot {
     type State = SnapshotState;
     type Command = SnapshotCommand;

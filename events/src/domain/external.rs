@@ -18,6 +18,7 @@
 //! [`MAX_EXTERNAL_SEGMENTS`] so it stays far below 64 KiB; kept segments are implicit (every
 //! live external segment not dropped) and only counted.
 
+use super::claim::{ClaimCommand, ClaimEvent};
 use super::{CollectionId, SegmentId};
 use crate::codec::DomainEvent;
 use crate::error::Error;
@@ -536,13 +537,20 @@ pub enum ExternalTaskCommand {
     Start {
         identity: TaskIdentity,
     },
+    /// Record progress, under the claim of epoch `epoch` (a stale holder is refused: it
+    /// learns it lost the task and stops).
     Progress {
+        epoch: u64,
         phase: TaskPhase,
         progress: TaskProgress,
     },
+    /// Record the end the collection decided (idempotent; from any node: cancel and alter
+    /// end tasks run elsewhere). Ends the task's claim.
     Finish {
         outcome: TaskOutcome,
     },
+    /// Claim, renew or release the running task (design §10).
+    Claim(ClaimCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -560,6 +568,7 @@ pub enum ExternalTaskEvent {
         outcome: TaskOutcome,
         finished_ms: u64,
     },
+    Claim(ClaimEvent),
 }
 
 impl DomainEvent for ExternalTaskEvent {
@@ -569,6 +578,7 @@ impl DomainEvent for ExternalTaskEvent {
             ExternalTaskEvent::Started { .. } => "Started",
             ExternalTaskEvent::Progressed { .. } => "Progressed",
             ExternalTaskEvent::Finished { .. } => "Finished",
+            ExternalTaskEvent::Claim(c) => c.event_type(),
         }
     }
 }
