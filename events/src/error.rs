@@ -91,7 +91,9 @@ pub enum LogError {
         actual: u64,
     },
     /// A stored record failed its checksum or could not be decoded. Never skipped silently.
-    #[error("internal: corrupt log record at position {position}: {reason}")]
+    /// Position 0: damage no single record can be named for (sled's own files); the reason
+    /// then names the last acknowledged position.
+    #[error("internal: {}", corrupt_message(*.position, .reason))]
     Corrupt { position: u64, reason: String },
     /// The append or read was refused because its input is not acceptable (empty batch,
     /// oversized event, bad stream name).
@@ -104,6 +106,14 @@ pub enum LogError {
     /// effect is unknown ("ambiguous"); callers re-read before retrying.
     #[error("unavailable: {0}")]
     Unavailable(String),
+}
+
+fn corrupt_message(position: u64, reason: &str) -> String {
+    if position == 0 {
+        format!("damaged log: {reason}")
+    } else {
+        format!("corrupt log record at position {position}: {reason}")
+    }
 }
 
 impl LogError {

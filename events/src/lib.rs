@@ -18,6 +18,8 @@ pub mod jetstream;
 pub mod log;
 pub mod memory;
 pub mod sled_log;
+pub mod sled_repair;
+pub mod sled_watermark;
 pub mod validate;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, TokioClock};

@@ -43,6 +43,24 @@
 //! crash then erases. Because appends are serialised, every position below the durable head is
 //! durable too, so a tailing reader never skips one.
 //!
+//! # Durability watermark
+//!
+//! sled can roll back records *and* its head key together when it recovers from a damaged
+//! segment; the remaining records are valid, so their checksums cannot show the loss. After
+//! each flushed append the log writes its last position and that record's crc32c to a small
+//! fsynced file of its own ([`crate::sled_watermark`]) before acknowledging; `open` refuses a
+//! log that ends before it, or whose record there differs (`Corrupt`, naming the position).
+//! The cost is one `fdatasync` of 32 bytes per append; group commit (several appends per
+//! flush) shares it.
+//!
+//! # Opening a damaged directory
+//!
+//! sled reads the greatest file named `snap.*` as its snapshot: a leftover
+//! `snap.*.generating` (a snapshot write cut short, e.g. by a full disk) would be read as a
+//! corrupt snapshot on every later open, so it is removed first; any other unknown `snap.*`
+//! file is refused, naming it. A panic inside sled becomes `Corrupt` at this boundary, and
+//! opening is bounded by [`OPEN_TIMEOUT`].
+//!
 //! # Failure
 //!
 //! A failed apply or flush *poisons* the log: every later append is refused with
@@ -54,6 +72,7 @@ use crate::clock::SharedClock;
 use crate::envelope::{Envelope, NewEvent, validate_append};
 use crate::error::LogError;
 use crate::log::{Appended, EventLog, ExpectedVersion};
+use crate::sled_watermark::Watermark;
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +89,7 @@ pub const STREAM_INDEX_KEY_PREFIX: u8 = b's';
 /// First byte of every stream-head key (`h` ‖ stream).
 pub const STREAM_HEAD_KEY_PREFIX: u8 = b'h';
 /// Key of the global head.
-const META_HEAD_KEY: &[u8] = b"mhead";
+pub(crate) const META_HEAD_KEY: &[u8] = b"mhead";
 /// Key of the layout version.
 const META_FORMAT_KEY: &[u8] = b"mformat";
 /// Layout version this build writes and understands. A directory written by a newer layout is
@@ -89,7 +108,7 @@ pub fn event_key(position: u64) -> [u8; 9] {
 }
 
 /// `s` ‖ stream ‖ 0x00 ‖ version.
-fn stream_index_key(stream: &str, version: u64) -> Vec<u8> {
+pub(crate) fn stream_index_key(stream: &str, version: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(stream.len() + 10);
     k.push(STREAM_INDEX_KEY_PREFIX);
     k.extend_from_slice(stream.as_bytes());
@@ -104,7 +123,7 @@ fn stream_index_key_version(stream: &str, key: &[u8]) -> Option<u64> {
 }
 
 /// `h` ‖ stream.
-fn stream_head_key(stream: &str) -> Vec<u8> {
+pub(crate) fn stream_head_key(stream: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(stream.len() + 1);
     k.push(STREAM_HEAD_KEY_PREFIX);
     k.extend_from_slice(stream.as_bytes());
@@ -112,12 +131,12 @@ fn stream_head_key(stream: &str) -> Vec<u8> {
 }
 
 /// A big-endian u64 value or key suffix; `None` when it is not exactly 8 bytes.
-fn be_u64(bytes: &[u8]) -> Option<u64> {
+pub(crate) fn be_u64(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
 }
 
 /// Position of an `e` key; `None` when the key is not one.
-fn event_key_position(key: &[u8]) -> Option<u64> {
+pub(crate) fn event_key_position(key: &[u8]) -> Option<u64> {
     match key.split_first() {
         Some((&EVENT_KEY_PREFIX, rest)) => be_u64(rest),
         _ => None,
@@ -135,6 +154,21 @@ struct WriteState {
     /// Position of the last applied event. Equals the durable head except while an append is
     /// between `apply_batch` and the end of its flush (or after a failed one, which poisons).
     head: u64,
+    /// The last acknowledged position, kept outside sled (see the module docs).
+    watermark: Watermark,
+}
+
+/// Longest `open` waits for sled to open a directory before it gives up with a clear error
+/// (a damaged directory has made sled spin; a stalled disk does the same). The environment
+/// variable [`OPEN_TIMEOUT_ENV`] (milliseconds) overrides it, e.g. for tests of damage.
+pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub const OPEN_TIMEOUT_ENV: &str = "SNAPVAULT_LOG_OPEN_TIMEOUT_MS";
+
+fn open_timeout() -> std::time::Duration {
+    std::env::var(OPEN_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(OPEN_TIMEOUT, std::time::Duration::from_millis)
 }
 
 struct Inner {
@@ -189,15 +223,32 @@ impl SledLog {
     ///   would silently forget them, so open fails with `Corrupt` naming position `L+1`; the
     ///   operator restores the directory from a backup.
     pub fn open(path: &Path, clock: SharedClock) -> Result<SledLog, LogError> {
-        let db = open_db(path, || {
-            sled::Config::new()
-                .path(path)
-                .cache_capacity(CACHE_CAPACITY_BYTES)
-                .open()
+        clear_sled_leftovers(path)?;
+        let owned = path.to_path_buf();
+        let opened = bounded(path, "open", move || {
+            let (db, tree, head, watermark) = Self::open_tree(&owned)?;
+            Ok((db, tree, head, watermark))
         })?;
-        let tree = db
-            .open_tree(TREE_NAME)
-            .map_err(|e| sled_error(path, "open tree", e))?;
+        let (db, tree, head, watermark) = opened;
+        let (head_tx, _) = watch::channel(head);
+        Ok(SledLog {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                _db: db,
+                tree,
+                clock,
+                writer: Arc::new(Mutex::new(WriteState { head, watermark })),
+                durable_head: AtomicU64::new(head),
+                poisoned: OnceLock::new(),
+                head_tx,
+            }),
+        })
+    }
+
+    /// The blocking part of [`SledLog::open`]: sled, the layout version, the head, the
+    /// watermark check.
+    fn open_tree(path: &Path) -> Result<(sled::Db, sled::Tree, u64, Watermark), LogError> {
+        let (db, tree) = open_raw(path)?;
 
         let format = tree
             .get(META_FORMAT_KEY)
@@ -225,20 +276,8 @@ impl SledLog {
         let head = recover_head(path, &tree)?;
         tree.flush()
             .map_err(|e| sled_error(path, "flush after open", e))?;
-
-        let (head_tx, _) = watch::channel(head);
-        Ok(SledLog {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                _db: db,
-                tree,
-                clock,
-                writer: Arc::new(Mutex::new(WriteState { head })),
-                durable_head: AtomicU64::new(head),
-                poisoned: OnceLock::new(),
-                head_tx,
-            }),
-        })
+        let watermark = check_watermark(path, &tree, head)?;
+        Ok((db, tree, head, watermark))
     }
 
     /// The directory this log lives in.
@@ -253,15 +292,39 @@ impl SledLog {
         F: FnOnce(&Inner) -> Result<T, LogError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
+        let path = self.inner.path.clone();
+        tokio::task::spawn_blocking(move || catch_sled_panic(&path, what, || f(&inner)))
             .await
-            .map_err(|e| {
-                LogError::Unavailable(format!(
+            .map_err(|e| match e.try_into_panic() {
+                // sled panics on some damaged files: damaged data, not a retryable outage.
+                Ok(panic) => LogError::Corrupt {
+                    position: 0,
+                    reason: format!(
+                        "sled failed on the files of {} ({what}: {}); the directory is damaged",
+                        self.inner.path.display(),
+                        panic_message(&*panic)
+                    ),
+                },
+                Err(e) => LogError::Unavailable(format!(
                     "sled log at {}: {what} task failed: {e}",
                     self.inner.path.display()
-                ))
+                )),
             })?
     }
+}
+
+/// sled and the log's tree, nothing checked (the caller's thread; see [`bounded`]).
+pub(crate) fn open_raw(path: &Path) -> Result<(sled::Db, sled::Tree), LogError> {
+    let db = open_db(path, || {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .open()
+    })?;
+    let tree = db
+        .open_tree(TREE_NAME)
+        .map_err(|e| sled_error(path, "open tree", e))?;
+    Ok((db, tree))
 }
 
 /// How long `open` waits for the directory's lock. sled lets go of it only when its
@@ -306,8 +369,210 @@ fn open_error(path: &Path, e: sled::Error) -> LogError {
     sled_error(path, "open", e)
 }
 
-fn sled_error(path: &Path, what: &str, e: sled::Error) -> LogError {
-    LogError::Unavailable(format!("sled log at {}: {what}: {e}", path.display()))
+/// sled's own errors: damaged files are `Corrupt` (code `internal`: fix the data, do not
+/// retry); I/O failures are `Unavailable`.
+pub(crate) fn sled_error(path: &Path, what: &str, e: sled::Error) -> LogError {
+    match e {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => {
+            damaged(path, &format!("sled reports damage ({what}: {e})"))
+        }
+        e => LogError::Unavailable(format!("sled log at {}: {what}: {e}", path.display())),
+    }
+}
+
+/// Is `name` one of sled's own snapshot files (`snap.` ‖ 16 upper-case hex digits)?
+fn is_sled_snapshot_name(name: &str) -> bool {
+    name.strip_prefix("snap.").is_some_and(|lsn| {
+        lsn.len() == 16
+            && lsn
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    })
+}
+
+/// Remove sled's leftover temporary snapshot files and refuse foreign `snap.*` files (see the
+/// module docs: sled would read either as its snapshot).
+pub(crate) fn clear_sled_leftovers(path: &Path) -> Result<(), LogError> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(LogError::Unavailable(format!(
+                "sled log at {}: list the directory: {e}",
+                path.display()
+            )));
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("snap.")
+            || is_sled_snapshot_name(&name)
+            || name.ends_with(".in___motion")
+        {
+            continue;
+        }
+        let temp = name
+            .strip_suffix(".generating")
+            .is_some_and(is_sled_snapshot_name);
+        if temp {
+            tracing::warn!(path = %entry.path().display(), "removing a snapshot file sled left unfinished");
+            std::fs::remove_file(entry.path()).map_err(|e| {
+                LogError::Unavailable(format!(
+                    "sled log at {}: remove the unfinished {name}: {e}",
+                    path.display()
+                ))
+            })?;
+        } else {
+            return Err(LogError::Corrupt {
+                position: 0,
+                reason: format!(
+                    "the log directory {} holds a foreign file '{name}' that sled would read as its snapshot; move it out of the directory",
+                    path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Set while this thread runs sled work whose panics are caught and reported as
+    /// `Corrupt`: the panic hook stays quiet for them (one error line, not a backtrace).
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f`, catching a panic (sled panics on some damaged files) as `Corrupt`.
+pub(crate) fn catch_sled_panic<T>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> Result<T, LogError>,
+) -> Result<T, LogError> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(false));
+    r.unwrap_or_else(|panic| {
+        Err(damaged(
+            path,
+            &format!(
+                "sled failed on its files ({what}: {})",
+                panic_message(&*panic)
+            ),
+        ))
+    })
+}
+
+/// Damage no record can be named for: say which events were acknowledged (the watermark).
+fn damaged(path: &Path, what: &str) -> LogError {
+    let acknowledged = match crate::sled_watermark::Watermark::read(path) {
+        Ok(Some(mark)) => format!("events up to position {} were acknowledged", mark.position),
+        _ => "the watermark of acknowledged events is unreadable too".to_string(),
+    };
+    LogError::Corrupt {
+        position: 0,
+        reason: format!(
+            "{what} in {}; {acknowledged} and cannot be read until the directory is restored from a backup (`snapvault log verify` names the first bad record when sled can open it)",
+            path.display()
+        ),
+    }
+}
+
+/// Run `f` (sled work) on its own thread, at most [`OPEN_TIMEOUT`]; a panic inside is
+/// `Corrupt` (sled panics on some damaged files), a timeout is `Corrupt` too.
+pub(crate) fn bounded<T: Send + 'static>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = path.to_path_buf();
+    let label = what.to_string();
+    let spawned = std::thread::Builder::new()
+        .name(format!("sled-{what}"))
+        .spawn(move || {
+            let _ = tx.send(catch_sled_panic(&dir, &label, f));
+        });
+    if let Err(e) = spawned {
+        return Err(LogError::Unavailable(format!(
+            "sled log at {}: {what}: cannot start a thread: {e}",
+            path.display()
+        )));
+    }
+    let timeout = open_timeout();
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => Err(damaged(
+            path,
+            &format!(
+                "sled did not {what} it within {} ms (damaged files, or a stalled disk)",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// The crc32c stored in the record at `position` (its first four bytes).
+pub(crate) fn record_crc(path: &Path, tree: &sled::Tree, position: u64) -> Result<u32, LogError> {
+    let bytes = tree
+        .get(event_key(position))
+        .map_err(|e| sled_error(path, "read the last record", e))?
+        .ok_or_else(|| missing_record(position))?;
+    Envelope::decode(position, &bytes)?;
+    Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+/// Hold the verified head against the watermark (see the module docs): refuse a log that
+/// lost acknowledged events, then bring the watermark up to the head.
+fn check_watermark(path: &Path, tree: &sled::Tree, head: u64) -> Result<Watermark, LogError> {
+    let (mut watermark, found) = Watermark::open(path)?;
+    if let Some(mark) = found {
+        if mark.position > head {
+            return Err(LogError::Corrupt {
+                position: head + 1,
+                reason: format!(
+                    "the log at {} ends at position {head}, but events up to position {} were acknowledged (its watermark): they were lost when sled recovered; refusing to serve it. Restore the directory from a backup, or accept the loss with `snapvault log repair --truncate-after {head} --yes`",
+                    path.display(),
+                    mark.position
+                ),
+            });
+        }
+        if mark.position > 0 && record_crc(path, tree, mark.position)? != mark.last_crc {
+            return Err(LogError::Corrupt {
+                position: mark.position,
+                reason: format!(
+                    "the record at the log's watermark differs from the one acknowledged there (the log at {} was rewritten or damaged)",
+                    path.display()
+                ),
+            });
+        }
+        if mark.position == head {
+            return Ok(watermark);
+        }
+    }
+    let crc = if head > 0 {
+        record_crc(path, tree, head)?
+    } else {
+        0
+    };
+    watermark.advance(head, crc)?;
+    Ok(watermark)
 }
 
 /// See [`SledLog::open`] for the rule.
@@ -395,7 +660,7 @@ fn recover_head(path: &Path, tree: &sled::Tree) -> Result<u64, LogError> {
     Ok(last)
 }
 
-fn missing_record(position: u64) -> LogError {
+pub(crate) fn missing_record(position: u64) -> LogError {
     LogError::Corrupt {
         position,
         reason: "record is missing below the head".into(),
@@ -456,6 +721,7 @@ impl Inner {
         let last_position = state.head + count;
         let stream_version = actual + count;
         let mut batch = sled::Batch::default();
+        let mut last_crc = 0u32;
         for (i, e) in events.into_iter().enumerate() {
             let position = first_position + i as u64;
             let version = actual + 1 + i as u64;
@@ -471,7 +737,9 @@ impl Inner {
                 payload: e.payload,
                 crc32c: 0,
             };
-            batch.insert(&event_key(position), env.encode()?);
+            let record = env.encode()?;
+            last_crc = u32::from_be_bytes([record[0], record[1], record[2], record[3]]);
+            batch.insert(&event_key(position), record);
         }
         batch.insert(
             stream_index_key(stream, stream_version),
@@ -493,6 +761,9 @@ impl Inner {
                 "sled log at {}: flush append: {e}",
                 self.path.display()
             )));
+        }
+        if let Err(e) = state.watermark.advance(last_position, last_crc) {
+            return Err(self.poison(e.to_string()));
         }
         self.durable_head.store(last_position, Ordering::Release);
         self.head_tx.send_replace(last_position);
@@ -540,6 +811,9 @@ impl Inner {
         let mut out = Vec::new();
         let mut expected = from;
         let range = stream_index_key(stream, from)..=stream_index_key(stream, u64::MAX);
+        // Whether the index ran out (not the count, not an append in flight): then the stream
+        // must end where its head key says (see `check_stream_end`).
+        let mut ran_out = true;
         // Each index entry is one append: its last version and last position.
         for item in self.tree.range(range) {
             let (k, v) = item.map_err(|e| self.err("read stream index", e))?;
@@ -552,6 +826,7 @@ impl Inner {
                 });
             };
             if last_position > durable {
+                ran_out = false;
                 break; // the append in flight; not durable yet
             }
             let first_position = last_version
@@ -600,38 +875,93 @@ impl Inner {
                 });
             }
             if out.len() == max_count {
+                ran_out = false;
                 break;
             }
         }
+        if ran_out {
+            self.check_stream_end(stream, expected - 1)?;
+        }
         Ok(out)
+    }
+
+    /// A stream read that ran out of index entries ended at version `last`: its head key must
+    /// say the same. sled recovers page by page, so a damaged page can bring back an older
+    /// copy of part of the stream index while the records and head key are intact; without
+    /// this check the stream would silently end early (an entity rebuilt without its last
+    /// events). The error names the position of the first version the index lost.
+    fn check_stream_end(&self, stream: &str, last: u64) -> Result<(), LogError> {
+        let head = self.stream_head(stream)?;
+        if head <= last {
+            return Ok(());
+        }
+        let durable = self.durable_head.load(Ordering::Acquire);
+        let lost = last + 1;
+        let mut position = 0;
+        for item in self.tree.range(event_key(1)..=event_key(durable)).rev() {
+            let (k, v) = item.map_err(|e| self.err("find a lost index entry", e))?;
+            let Some(p) = event_key_position(&k) else {
+                continue;
+            };
+            if let Ok(env) = Envelope::decode(p, &v)
+                && env.stream == stream
+                && env.version == lost
+            {
+                position = p;
+                break;
+            }
+        }
+        Err(LogError::Corrupt {
+            position,
+            reason: format!(
+                "stream '{stream}' is at version {head}, but its index ends at version {last}: sled lost part of the index when it recovered (`snapvault log verify` walks the records)"
+            ),
+        })
+    }
+
+    /// The head key of `stream` (0 when it has none).
+    fn stream_head(&self, stream: &str) -> Result<u64, LogError> {
+        match self
+            .tree
+            .get(stream_head_key(stream))
+            .map_err(|e| self.err("read stream head", e))?
+        {
+            None => Ok(0),
+            Some(v) => be_u64(&v).ok_or_else(|| LogError::Corrupt {
+                position: 0,
+                reason: format!("stream head of '{stream}' is garbled"),
+            }),
+        }
     }
 
     fn stream_version(&self, stream: &str) -> Result<u64, LogError> {
         if unstorable_stream_name(stream) {
             return Ok(0);
         }
-        let head = match self
-            .tree
-            .get(stream_head_key(stream))
-            .map_err(|e| self.err("read stream head", e))?
-        {
-            None => return Ok(0),
-            Some(v) => be_u64(&v).ok_or_else(|| LogError::Corrupt {
-                position: 0,
-                reason: format!("stream head of '{stream}' is garbled"),
-            })?,
-        };
+        let head = self.stream_head(stream)?;
+        if head == 0 {
+            return Ok(0);
+        }
         // Read the durable head *after* the stream head: if the stream's last append is still
         // being flushed, step back to the append before it (entries are per append, and only
         // one append is ever in flight).
         let durable = self.durable_head.load(Ordering::Acquire);
         let range = stream_index_key(stream, 1)..=stream_index_key(stream, head);
+        let mut skipped_in_flight = false;
         for item in self.tree.range(range).rev() {
             let (k, v) = item.map_err(|e| self.err("read stream index", e))?;
             let version = stream_index_key_version(stream, &k).unwrap_or(0);
             match be_u64(&v) {
-                Some(position) if position <= durable => return Ok(version),
-                Some(_) => continue,
+                Some(position) if position <= durable => {
+                    if !skipped_in_flight && version != head {
+                        self.check_stream_end(stream, version)?;
+                    }
+                    return Ok(version);
+                }
+                Some(_) => {
+                    skipped_in_flight = true;
+                    continue;
+                }
                 None => {
                     return Err(LogError::Corrupt {
                         position: 0,
@@ -641,6 +971,9 @@ impl Inner {
                     });
                 }
             }
+        }
+        if !skipped_in_flight {
+            self.check_stream_end(stream, 0)?;
         }
         Ok(0)
     }

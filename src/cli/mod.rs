@@ -16,6 +16,7 @@ pub mod gc;
 pub mod host_ops;
 pub mod index;
 pub mod ingest;
+pub mod log;
 pub mod nats_args;
 pub mod output;
 pub mod restore;
@@ -93,6 +94,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// The main job end to end on the data directory: create, ingest, compact, describe.
     Demo,
+    /// Check or repair the embedded event log (DIR/log) without starting a node.
+    #[command(subcommand)]
+    Log(log::LogCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -361,6 +365,16 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     check_args(&cli.command)?;
     let serving = matches!(cli.command, Command::Serve(_));
     cli.nats.check(serving)?;
+    if let Command::Log(command) = &cli.command {
+        if cli.nats.nats.is_some() {
+            return Err(Error::invalid_argument(
+                "`log verify` and `log repair` work on the embedded log of --data, not over --nats",
+            ));
+        }
+        // A report always reaches stdout before the error a damaged log ends in.
+        let (result, printed) = log::run(&Output::new(cli.json), &cli.data, command);
+        return finish(result, cli.json, printed);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -404,6 +418,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         (result, ctx.result_printed.load(Ordering::Relaxed))
     });
     drop(runtime);
+    finish(result, json, result_printed)
+}
+
+/// The end of a command: with `--json`, a result document already on stdout (a report
+/// that ends in an error) leaves the error one stderr line and the exit code to say.
+fn finish(result: Result<(), Error>, json: bool, result_printed: bool) -> Result<(), Error> {
     match result {
         Err(e) if json && result_printed => {
             // The report on stdout is the JSON document; the error is the one stderr line.
@@ -500,6 +520,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Gc(GcCmd::Status) => gc::status(ctx).await,
         Command::Serve(_) => serve::run(ctx).await,
         Command::Demo => demo::run(ctx).await,
+        // Handled in `run` before any node starts.
+        Command::Log(_) => Err(Error::internal("log commands run without a node")),
     }
 }
 
@@ -609,7 +631,7 @@ fn check_args(command: &Command) -> Result<(), Error> {
             | ExternalCmd::Cancel { collection: c },
         ) => collection(c),
         Command::Serve(a) => a.check(),
-        Command::Demo => Ok(()),
+        Command::Demo | Command::Log(_) => Ok(()),
     }
 }
 
