@@ -217,13 +217,26 @@ async fn a_source_in_the_nodes_own_store_is_packed_to_the_target_and_never_colle
         let bytes = lake::parquet_file(i, 10 * (i + 1)).unwrap();
         snapvault_actors::snapshot::worker::put_object(
             &*store,
-            &format!("data/lake/t/part-{i}.parquet"),
+            &format!("lake/t/part-{i}.parquet"),
             bytes,
         )
         .await
         .unwrap();
     }
-    let id = create(&node, "own", "data/lake/t", 200).await;
+    // snapvault's own prefixes are refused as sources: GC would have to spare them wholesale.
+    let refused = c
+        .create_external_collection(
+            snapvault::client::CreateCollectionRequest {
+                name: "mine".into(),
+                ..Default::default()
+            },
+            "data/lake/t",
+            &spec(200),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, snapvault::ErrorCode::InvalidArgument, "{refused}");
+    let id = create(&node, "own", "lake/t", 200).await;
     let t = refresh(&node, "own").await;
     let counts = t.counts.unwrap();
     // 550 rows, target 200: 3 segments, largest first into the least filled.
@@ -246,13 +259,13 @@ async fn a_source_in_the_nodes_own_store_is_packed_to_the_target_and_never_colle
         .unwrap();
     assert!(report.loaded);
     for i in 0..10 {
-        let key = format!("data/lake/t/part-{i}.parquet");
+        let key = format!("lake/t/part-{i}.parquet");
         snapvault_actors::snapshot::worker::get_object(&*store, &key)
             .await
             .unwrap_or_else(|e| panic!("GC deleted source fragment {key}: {e}"));
     }
     // Re-pointing the collection drops every segment, still no fragment goes.
-    c.alter_external("own", Some("data/lake/none"), None)
+    c.alter_external("own", Some("lake/none"), None)
         .await
         .unwrap();
     node.shutdown().await;

@@ -19,7 +19,7 @@ pub const FILES_PER_LAKE: u64 = 6;
 pub const WAIT: Duration = Duration::from_secs(600);
 
 pub fn lake_prefix(lake: u64) -> String {
-    format!("data/lake/{lake}/")
+    format!("lake/{lake}/")
 }
 
 fn spec(target_rows: u64) -> String {

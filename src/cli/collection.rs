@@ -21,9 +21,11 @@ pub fn parse_property(text: &str) -> Result<(String, String), Error> {
 
 pub async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), Error> {
     let schema_json = match &args.schema {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| {
-            Error::invalid_argument(format!("cannot read schema file '{}': {e}", path.display()))
-        })?,
+        Some(path) => super::files::read_text(
+            path,
+            "schema file",
+            snapvault_events::domain::collection::MAX_SCHEMA_BYTES,
+        )?,
         None => String::new(),
     };
     let mut properties = BTreeMap::new();

@@ -24,12 +24,11 @@ const WAIT_LIMIT: Duration = Duration::from_secs(24 * 3600);
 pub fn read_spec(path: Option<&Path>) -> Result<String, Error> {
     match path {
         None => Ok(r#"{"format":"parquet"}"#.to_string()),
-        Some(p) => std::fs::read_to_string(p).map_err(|e| {
-            Error::invalid_argument(format!(
-                "cannot read external spec file '{}': {e}",
-                p.display()
-            ))
-        }),
+        Some(p) => super::files::read_text(
+            p,
+            "external spec file",
+            snapvault_events::domain::external::MAX_SPEC_BYTES,
+        ),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod collection;
 pub mod compact;
 pub mod demo;
 pub mod external;
+pub mod files;
 pub mod gc;
 pub mod host_ops;
 pub mod index;

@@ -10,7 +10,7 @@
 //! [`relocate_fragment_list`] makes the target's list object for a new segment id.
 
 use crate::snapshot::manifest::SnapshotMetadata;
-use crate::snapshot::worker::get_object;
+use crate::snapshot::worker::get_recorded;
 use object_store::ObjectStore;
 use snapvault_events::Error;
 use snapvault_events::domain::collection::SegmentRecord;
@@ -48,7 +48,7 @@ pub async fn snapshot_fragment_lists(
                 seg.segment_id, file.key
             )));
         }
-        let bytes = get_object(store, &file.key).await?;
+        let bytes = get_recorded(store, &file.key, "fragment list").await?;
         if bytes.len() as u64 != file.size || crc32c::crc32c(&bytes) != file.crc32c {
             return Err(Error::internal(format!(
                 "fragment list '{}' does not match the size and crc32c in the manifest",

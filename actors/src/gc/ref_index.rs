@@ -438,11 +438,12 @@ impl RefIndex {
         Ok(())
     }
 
+    /// Protect an own-store source as the log recorded it. Not re-parsed: a source under
+    /// `data/` that an older build accepted (today's refuse it) must stay protected too.
     fn protect_source(&mut self, source: &str) {
-        if let Ok((_, location)) = snapvault_events::domain::external::parse_source(source)
-            && let Some(prefix) = location.own_store_prefix()
-        {
-            self.external_prefixes.insert(prefix);
+        let prefix = source.trim_end_matches('/');
+        if !prefix.is_empty() && !source.contains("://") {
+            self.external_prefixes.insert(format!("{prefix}/"));
         }
     }
 

@@ -19,7 +19,7 @@ use crate::restore::copy_task::{CopyTask, CopyTaskState};
 use crate::restore::job::{RestoreJob, RestoreJobState};
 use crate::restore::plan::{PlanContext, PlannedTask, Planner};
 use crate::snapshot::manifest::{self, SnapshotMetadata};
-use crate::snapshot::worker::{get_object, relocate};
+use crate::snapshot::worker::{get_recorded, relocate};
 use crate::snapshot::{Snapshot, SnapshotState};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -451,7 +451,7 @@ pub async fn prepare(ctx: &RestoreContext, job: &RestoreJobState) -> Result<(), 
     let mut ordinal = 0u64;
     for m in &meta.manifests {
         let key = relocate(&snapshot.prefix, &m.key)?;
-        let bytes = get_object(&*ctx.store, &key).await?;
+        let bytes = get_recorded(&*ctx.store, &key, "manifest").await?;
         if bytes.len() as u64 != m.size || crc32c::crc32c(&bytes) != m.crc32c {
             return Err(Error::internal(format!(
                 "manifest '{key}' does not match the size and crc32c in snapshot.json: the snapshot is damaged"

@@ -92,6 +92,21 @@ pub async fn get_object(store: &dyn ObjectStore, key: &str) -> Result<Bytes, Err
     got.bytes().await.map_err(|e| store_error(key, e))
 }
 
+/// Read an object a committed snapshot recorded (its `snapshot.json`, a manifest, a fragment
+/// list). A missing one is damaged data (`internal`, naming it), not a request to fix: the
+/// snapshot says it exists.
+pub async fn get_recorded(store: &dyn ObjectStore, key: &str, what: &str) -> Result<Bytes, Error> {
+    get_object(store, key).await.map_err(|e| {
+        if e.code == snapvault_events::ErrorCode::NotFound {
+            Error::internal(format!(
+                "{what} '{key}' is missing: the snapshot is damaged (the object was deleted or lost outside snapvault)"
+            ))
+        } else {
+            e
+        }
+    })
+}
+
 /// Where manifest `key` (as recorded in `snapshot.json`) is for a snapshot stored under
 /// `prefix`: manifests are found next to their `snapshot.json`, so a snapshot copied to
 /// another bucket or prefix stays readable.
@@ -521,7 +536,7 @@ impl SnapshotWorker {
 
     /// Read and check `snapshot.json` of a snapshot.
     pub async fn load_metadata(&self, s: &SnapshotState) -> Result<SnapshotMetadata, Error> {
-        let bytes = get_object(&*self.store, &s.metadata_key).await?;
+        let bytes = get_recorded(&*self.store, &s.metadata_key, "snapshot.json").await?;
         if crc32c::crc32c(&bytes) != s.metadata_crc32c {
             return Err(Error::internal(format!(
                 "'{}' does not match the checksum recorded at commit: the object was changed or damaged",

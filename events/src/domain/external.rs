@@ -212,7 +212,9 @@ impl SourceLocation {
 }
 
 /// Prefixes of the node's own store that belong to snapvault: a source may not overlap them.
-const RESERVED_PREFIXES: [&str; 2] = ["snapshots", "gc"];
+/// (`data/` holds every collection's files, which GC reclaims; a source there would have to
+/// protect them from GC wholesale, `events/` holds the publisher's checkpoint.)
+const RESERVED_PREFIXES: [&str; 4] = ["snapshots", "gc", "data", "events"];
 
 /// Parse and normalise a source URL. Returns the normalised URL (always ending in `/`) and
 /// its location. Refused (`invalid_argument`) unless it is a clean prefix: a known scheme,
@@ -596,7 +598,7 @@ mod tests {
             ("s3://my-bucket/t/1/", "s3://my-bucket/t/1/"),
             ("s3://my-bucket", "s3://my-bucket/"),
             ("lake/t1", "lake/t1/"),
-            ("data/lake/t1/", "data/lake/t1/"),
+            ("database/t1/", "database/t1/"),
         ];
         for (input, normal) in ok {
             assert_eq!(
@@ -620,6 +622,10 @@ mod tests {
             "lake/t1/?x=1",
             "snapshots/1/",
             "gc/",
+            "data/",
+            "data/1/",
+            "data/lake/t1/",
+            "events/",
             "/",
         ] {
             let e = parse_source(bad).expect_err(bad);
