@@ -353,10 +353,29 @@ impl Client {
                     "manifest '{key}' does not match the size and checksum in snapshot.json"
                 )));
             }
+            // The manifest must be this snapshot's, at the index its name says.
+            let (header_snapshot, header_index) = manifest::manifest_identity(&data)?;
+            let named_index = key
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.strip_prefix("manifest-"))
+                .and_then(|n| n.strip_suffix(".avro"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if header_snapshot != meta.snapshot_id || Some(header_index) != named_index {
+                return Err(Error::invalid_argument(format!(
+                    "manifest '{key}' belongs to snapshot {header_snapshot} (manifest {header_index}), not to snapshot {} of snapshot.json under '{prefix}'",
+                    meta.snapshot_id
+                )));
+            }
             for seg in manifest::decode_manifest(&data)? {
                 totals.segments += 1;
                 totals.rows += seg.rows;
                 for f in seg.all_files() {
+                    // A restore copies from these keys: each must be a clean relative key of
+                    // this store, never one that climbs out of it.
+                    validate_object_key("file key in manifest", &f.key).map_err(|e| {
+                        Error::invalid_argument(format!("manifest '{key}': {}", e.message))
+                    })?;
                     totals.files += 1;
                     totals.bytes += f.size;
                 }

@@ -316,6 +316,41 @@ async fn import_registers_a_copied_snapshot_and_refuses_damaged_ones() {
         c.import_snapshot("imports/none").await.unwrap_err().code,
         ErrorCode::NotFound
     );
+    // A manifest naming a key that climbs out of the store, and a manifest of another
+    // snapshot, each with a snapshot.json that matches its size and checksum: both refused.
+    {
+        use snapvault_actors::snapshot::manifest;
+        let good = std::fs::read(objects.join("imports/good/manifest-0.avro")).unwrap();
+        let text = std::fs::read_to_string(objects.join("imports/good/snapshot.json")).unwrap();
+        let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let snapshot_id = meta["snapshot_id"].as_u64().unwrap();
+        let segments = manifest::decode_manifest(&good).unwrap();
+        let mut climbing = segments.clone();
+        climbing[0].files[0].key = "../../../../x".into();
+        for (name, bytes) in [
+            (
+                "climbing",
+                manifest::encode_manifest(snapshot_id, 0, &climbing).unwrap(),
+            ),
+            (
+                "foreign",
+                manifest::encode_manifest(snapshot_id + 1, 0, &segments).unwrap(),
+            ),
+        ] {
+            let at = objects.join(format!("imports/{name}"));
+            copy_dir(&objects.join("imports/good"), &at);
+            std::fs::write(at.join("manifest-0.avro"), &bytes).unwrap();
+            let mut m = meta.clone();
+            m["manifests"][0]["size"] = bytes.len().into();
+            m["manifests"][0]["crc32c"] = crc32c::crc32c(&bytes).into();
+            std::fs::write(at.join("snapshot.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+            let e = c
+                .import_snapshot(&format!("imports/{name}"))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{name}: {e}");
+        }
+    }
     // After the original is dropped, the copy imports and verifies.
     c.drop_snapshot("c1", "s").await.unwrap();
     let imported = c.import_snapshot("imports/good").await.unwrap();
@@ -323,6 +358,12 @@ async fn import_registers_a_copied_snapshot_and_refuses_damaged_ones() {
     assert!(imported.imported);
     assert_eq!(imported.totals.segments, 4);
     assert!(c.verify_snapshot("c1", "s").await.unwrap().ok);
+    // Dropping it deletes what the import registered, and nothing else under the prefix.
+    std::fs::write(objects.join("imports/good/notes.txt"), b"mine").unwrap();
+    c.drop_snapshot("c1", "s").await.unwrap();
+    assert!(!objects.join("imports/good/snapshot.json").exists());
+    assert!(!objects.join("imports/good/manifest-0.avro").exists());
+    assert!(objects.join("imports/good/notes.txt").exists());
     node.shutdown().await;
 }
 

@@ -221,6 +221,18 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Vec<SegmentRecord>, Error> {
     Ok(out)
 }
 
+/// The (snapshot id, manifest index) a manifest's header says it belongs to: an import holds
+/// them against its `snapshot.json` and the manifest's name, so a manifest of another snapshot
+/// is never registered.
+pub fn manifest_identity(bytes: &[u8]) -> Result<(u64, u64), Error> {
+    let reader = Reader::new(bytes).map_err(corrupt)?;
+    let meta = reader.user_metadata();
+    Ok((
+        meta_number(meta, META_SNAPSHOT_ID)?,
+        meta_number(meta, META_MANIFEST_INDEX)?,
+    ))
+}
+
 /// The 16-byte OCF sync marker of manifest `manifest_index` of snapshot `snapshot_id`: two
 /// SplitMix64 outputs of a seed mixing both. Deterministic (so rewrites are byte-identical),
 /// distinct per manifest (so a block spliced in from another manifest fails the marker check).

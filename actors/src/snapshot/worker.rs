@@ -441,9 +441,7 @@ impl SnapshotWorker {
         self.unpin(s).await?;
         crash_point("snapshot.after_unpin");
         if s.imported {
-            // The objects of an imported snapshot were put there by a person; they are not
-            // ours to delete.
-            return Ok(());
+            return self.delete_imported(s).await;
         }
         let prefix = Path::from(s.prefix.as_str());
         let keys: Vec<Path> = self
@@ -457,6 +455,30 @@ impl SnapshotWorker {
             match self.store.delete(&key).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(store_error(key.as_ref(), e)),
+            }
+            crash_point("snapshot.after_first_delete");
+        }
+        Ok(())
+    }
+
+    /// An imported snapshot's prefix was filled by a person and may hold other objects: delete
+    /// exactly what the import registered — its manifests, then `snapshot.json` last, so a
+    /// retry after a crash still finds the list.
+    async fn delete_imported(&self, s: &SnapshotState) -> Result<(), Error> {
+        let meta = match get_object(&*self.store, &s.metadata_key).await {
+            Ok(bytes) => Some(manifest::decode_metadata(&bytes)?),
+            Err(e) if e.code == snapvault_events::ErrorCode::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut keys = Vec::new();
+        for m in meta.iter().flat_map(|m| m.manifests.iter()) {
+            keys.push(relocate(&s.prefix, &m.key)?);
+        }
+        keys.push(s.metadata_key.clone());
+        for key in keys {
+            match self.store.delete(&Path::from(key.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error(&key, e)),
             }
             crash_point("snapshot.after_first_delete");
         }
