@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     }
     let json = cli::json_requested();
     let result = cli::parse().and_then(|args| {
-        cli::init_tracing();
+        cli::init_tracing(matches!(args.command, cli::Command::Serve(_)));
         cli::run(args)
     });
     match result {

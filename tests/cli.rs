@@ -419,3 +419,30 @@ fn serve_stops_gracefully_on_sigterm() {
     // The node released the data directory: the next command opens it.
     ok(dir.path(), &["collection", "list"]);
 }
+
+/// A restore that fails (a source file vanished after the snapshot) ends `restore start
+/// --wait` with exactly one line on stderr — no progress (stderr is not a terminal here), no
+/// log lines — and the job's failure in it.
+#[test]
+fn a_failing_restore_wait_is_one_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["collection", "create", "c1"]);
+    ok(
+        d,
+        &["ingest", "c1", "--segments", "3", "--files", "2", "--size", "1024"],
+    );
+    ok(d, &["snapshot", "create", "c1", "s"]);
+    let described = json(d, &["collection", "describe", "c1"]);
+    let key = described["segments"][0]["files"][0]["key"]
+        .as_str()
+        .expect("a file key")
+        .to_string();
+    std::fs::remove_file(d.join("objects").join(&key)).unwrap();
+    let out = snapvault(d, &["restore", "start", "c1", "s", "r1", "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line, got: {stderr}");
+    assert!(stderr.starts_with("error["), "{stderr}");
+    assert!(stderr.contains(&key), "the failure names the key: {stderr}");
+}

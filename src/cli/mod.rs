@@ -348,15 +348,24 @@ pub fn json_requested() -> bool {
         .any(|a| a == "--json")
 }
 
-/// Tracing to stderr, filtered by `RUST_LOG` (default `warn`, async-nats off), so stdout stays
-/// the result.
-pub fn init_tracing() {
+/// Tracing to stderr, filtered by `RUST_LOG`, so stdout stays the result. By default a
+/// one-shot command logs errors only — its outcome is its one result or error line — and
+/// `serve` logs warnings too; async-nats is off either way. Colour only on a terminal, so a
+/// log written to a file carries no escape codes.
+pub fn init_tracing(serving: bool) {
+    use std::io::IsTerminal;
+    let default = if serving {
+        "warn,async_nats=off"
+    } else {
+        "error,async_nats=off"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // async-nats logs connection trouble itself; the CLI reports it as its one error
         // line, so by default the client library stays quiet (RUST_LOG=async_nats=warn shows it).
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,async_nats=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

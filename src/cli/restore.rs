@@ -306,10 +306,9 @@ async fn wait(
     }
 }
 
-/// Progress: a redrawn bar on a terminal, a plain line every few seconds otherwise.
+/// Progress: a redrawn bar on a terminal, nothing otherwise.
 struct Bar {
     terminal: bool,
-    last_line: Option<tokio::time::Instant>,
     drew: bool,
 }
 
@@ -317,7 +316,6 @@ impl Bar {
     fn new() -> Bar {
         Bar {
             terminal: std::io::stderr().is_terminal(),
-            last_line: None,
             drew: false,
         }
     }
@@ -336,16 +334,9 @@ impl Bar {
             let _ = write!(err, "\r[{bar}] {line}   ");
             let _ = err.flush();
             self.drew = true;
-        } else {
-            let due = self
-                .last_line
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
-                || v.status.is_terminal();
-            if due {
-                eprintln!("restore job {}: {line}", v.job_id);
-                self.last_line = Some(tokio::time::Instant::now());
-            }
         }
+        // Not a terminal (a script, a log file): no progress at all; the outcome is the one
+        // result or error line (`restore status JOB` shows progress on demand).
     }
 
     fn finish(&self) {
