@@ -90,6 +90,10 @@ impl Node {
             StoreConfig::Memory => Arc::new(object_store::memory::InMemory::new()),
             StoreConfig::S3(s3) => crate::s3::open(s3)?,
         };
+        let mut gc = config.gc;
+        if let StoreConfig::Local { root } = &config.store {
+            gc.staging_root = Some(root.clone());
+        }
         let mut registry = config.registry;
         let mut work = config.work;
         // The JetStream log is shared by every node on it: entities check for other nodes'
@@ -105,7 +109,7 @@ impl Node {
             config.id_block_size,
             NodeLimits {
                 snapshot: config.snapshot,
-                gc: config.gc,
+                gc,
                 restore: config.restore,
                 work,
             },

@@ -342,6 +342,74 @@ async fn orphans_respect_the_safety_window_and_unflushed_host_files_survive() {
     node.shutdown().await;
 }
 
+/// Staging files of the local store (`<key>#<n>`: what a write cut short by `kill -9`
+/// leaves; listing the store never shows them) are reclaimed once older than the orphan
+/// window, in their own category; a young one stays; the objects beside them stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_files_a_killed_write_left_are_reclaimed_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started(dir.path()).await;
+    let c = node.client();
+    let view = c
+        .create_collection(CreateCollectionRequest {
+            name: "c1".into(),
+            shard_count: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, live) = flush(&c, "c1", view.id, 0).await;
+    let old = format!("{}#3", live[0].key);
+    let young = format!("data/{}/1/77/insert_log/0#12", view.id);
+    for (key, age_s) in [(&old, 7_200u64), (&young, 0)] {
+        let path = dir.path().join("objects").join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, vec![7u8; 100]).unwrap();
+        let when = std::time::SystemTime::now() - Duration::from_secs(age_s);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+    let hour = GcRunOptions {
+        dry_run: true,
+        dropped_retention_ms: Some(0),
+        orphan_window_ms: Some(3_600_000),
+    };
+    let dry = c.gc_run(hour.clone()).await.unwrap();
+    assert_eq!(
+        dry.keys.get(&GcCategory::Staging),
+        Some(&vec![old.clone()]),
+        "{dry:?}"
+    );
+    assert!(exists(dir.path(), &old));
+    let r = c
+        .gc_run(GcRunOptions {
+            dry_run: false,
+            ..hour
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.reclaimed
+            .get(&GcCategory::Staging)
+            .map(|a| (a.objects, a.bytes)),
+        Some((1, 100)),
+        "{r:?}"
+    );
+    assert!(!exists(dir.path(), &old));
+    assert!(exists(dir.path(), &young), "younger than the window");
+    for f in &live {
+        assert!(exists(dir.path(), &f.key));
+    }
+    // With no window, the young one goes too.
+    c.gc_run(now_options()).await.unwrap();
+    assert!(!exists(dir.path(), &young));
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_snapshot_pin_protects_its_files() {
     let dir = tempfile::tempdir().unwrap();

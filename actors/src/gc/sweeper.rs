@@ -39,6 +39,11 @@ pub struct GcConfig {
     pub max_objects_per_cycle: usize,
     /// Prefixes scanned for orphans. Host data outside them is never touched as an orphan.
     pub orphan_prefixes: Vec<String>,
+    /// The local store's root directory, when the store is a local filesystem: its staging
+    /// files (`<key>#<n>`, which listing the store never shows) under the orphan prefixes are
+    /// reclaimed once older than the orphan window. On S3 an unfinished multipart upload is
+    /// reclaimed by the bucket's `AbortIncompleteMultipartUpload` lifecycle rule.
+    pub staging_root: Option<std::path::PathBuf>,
 }
 
 impl Default for GcConfig {
@@ -49,6 +54,7 @@ impl Default for GcConfig {
             orphan_safety_window_ms: 24 * 3600 * 1000,
             max_objects_per_cycle: 100_000,
             orphan_prefixes: vec!["data/".into(), "snapshots/".into()],
+            staging_root: None,
         }
     }
 }
@@ -122,6 +128,51 @@ async fn list(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<(String, u64,
         .map_err(|e| store_err(&format!("listing '{prefix}'"), e))
 }
 
+/// Is `name` a staging file name of the local store (`<name>#<digits>`)?
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(base, n)| {
+        !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Staging files under `root/prefix`: (key relative to `root`, size, modified ms).
+fn staging_files(root: &std::path::Path, prefix: &str) -> Vec<(String, u64, i64)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.join(prefix.trim_end_matches('/'))];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let path = entry.path();
+            if meta.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_staging_name(&name) {
+                continue;
+            }
+            let Ok(relative) = path.strip_prefix(root) else {
+                continue;
+            };
+            let modified_ms = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as i64);
+            out.push((
+                relative.to_string_lossy().into_owned(),
+                meta.len(),
+                modified_ms,
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Read the file keys of a committed imported snapshot from its manifests.
 async fn imported_keys(
     store: &dyn ObjectStore,
@@ -152,16 +203,26 @@ pub struct SweepState {
     imported: BTreeMap<SnapshotId, BTreeSet<String>>,
 }
 
-/// Wait until `index` has applied the log up to `head`.
+/// Why the ref index stopped short of the log (a record it cannot read), if it did.
+pub type StoppedCheck<'a> = &'a (dyn Fn() -> Option<String> + Send + Sync);
+
+/// Wait until `index` has applied the log up to `head`; `unavailable` at once when the index
+/// stopped at a record it cannot read (`stopped`): it would never get there.
 pub async fn catch_up(
     index: &Mutex<RefIndex>,
     applied_rx: &mut tokio::sync::watch::Receiver<u64>,
     head: u64,
+    stopped: StoppedCheck<'_>,
 ) -> Result<(), Error> {
     loop {
         let applied = index.lock().unwrap_or_else(|p| p.into_inner()).applied();
         if applied >= head {
             return Ok(());
+        }
+        if let Some(why) = stopped() {
+            return Err(Error::unavailable(format!(
+                "the GC ref index cannot catch up with the log: {why}"
+            )));
         }
         if applied_rx.changed().await.is_err() {
             return Err(Error::unavailable(
@@ -179,6 +240,7 @@ impl SweepContext {
         applied_rx: &mut tokio::sync::watch::Receiver<u64>,
         state: &mut SweepState,
         options: &GcRunOptions,
+        stopped: StoppedCheck<'_>,
     ) -> Result<GcReport, Error> {
         let started_ms = self.clock.now_ms();
         let retention = options
@@ -189,7 +251,7 @@ impl SweepContext {
             .unwrap_or(self.config.orphan_safety_window_ms);
         let limit = self.config.max_objects_per_cycle.max(1);
         let head = self.log.head().await?;
-        catch_up(index, applied_rx, head).await?;
+        catch_up(index, applied_rx, head, stopped).await?;
 
         // Plan from the index (one lock, no I/O under it).
         let (dropped, to_clean, restore_prefixes, imported, redo, redo_cycles, cycle) = {
@@ -277,7 +339,7 @@ impl SweepContext {
             listed.extend(list(&*self.store, prefix).await?);
         }
         let head = self.log.head().await?;
-        catch_up(index, applied_rx, head).await?;
+        catch_up(index, applied_rx, head, stopped).await?;
         {
             let ix = index.lock().unwrap_or_else(|p| p.into_inner());
             for (key, size, modified_ms) in listed {
@@ -294,6 +356,33 @@ impl SweepContext {
                         bytes: size,
                         reason: format!(
                             "known to nothing and {} s old (window {} s)",
+                            age_ms / 1000,
+                            window / 1000
+                        ),
+                    });
+                }
+            }
+        }
+        // Staging files of the local store: never objects, so only their age matters.
+        if let Some(root) = self.config.staging_root.clone() {
+            let prefixes = self.config.orphan_prefixes.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                prefixes
+                    .iter()
+                    .flat_map(|p| staging_files(&root, p))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| Error::unavailable(format!("listing staging files failed: {e}")))?;
+            for (key, size, modified_ms) in found {
+                let age_ms = (started_ms as i64).saturating_sub(modified_ms);
+                if age_ms >= window as i64 && claimed.insert(key.clone()) {
+                    plan.push(Reclaim {
+                        category: GcCategory::Staging,
+                        key,
+                        bytes: size,
+                        reason: format!(
+                            "a staging file a cut-short write left, {} s old (window {} s)",
                             age_ms / 1000,
                             window / 1000
                         ),
@@ -379,6 +468,18 @@ impl SweepContext {
     }
 
     async fn delete(&self, key: &str) -> Result<(), Error> {
+        // A staging file is not an object: remove it from the filesystem.
+        if let Some(root) = &self.config.staging_root
+            && key.rsplit('/').next().is_some_and(is_staging_name)
+        {
+            return match std::fs::remove_file(root.join(key)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::unavailable(format!(
+                    "deleting staging file '{key}': {e}"
+                ))),
+            };
+        }
         match self.store.delete(&Path::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(store_err(&format!("deleting '{key}'"), e)),

@@ -31,15 +31,19 @@ pub enum GcCategory {
     RestoreLeftovers,
     /// Objects under a data prefix that nothing knows, older than the safety window.
     Orphans,
+    /// Staging files of the local store (`<key>#<n>`: a write a crash cut short), older than
+    /// the safety window. No object key names them; they are never read.
+    Staging,
 }
 
 impl GcCategory {
-    pub const ALL: [GcCategory; 5] = [
+    pub const ALL: [GcCategory; 6] = [
         GcCategory::DroppedFiles,
         GcCategory::SnapshotManifests,
         GcCategory::FailedSnapshotManifests,
         GcCategory::RestoreLeftovers,
         GcCategory::Orphans,
+        GcCategory::Staging,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +53,7 @@ impl GcCategory {
             GcCategory::FailedSnapshotManifests => "failed_snapshot_manifests",
             GcCategory::RestoreLeftovers => "restore_leftovers",
             GcCategory::Orphans => "orphans",
+            GcCategory::Staging => "staging",
         }
     }
 }
