@@ -178,8 +178,13 @@ impl Truth {
                 protect(&mut cut.segments.values(), &why);
             }
         }
+        let leased = |sid: u64, job: u64| {
+            self.snapshots
+                .get(&sid)
+                .is_some_and(|s| s.state.leases.contains(&job))
+        };
         self.restores
-            .protect(&self.cuts, &mut |key, size, crc32c, why| {
+            .protect(&self.cuts, &leased, &mut |key, size, crc32c, why| {
                 out.entry(key.to_string()).or_insert_with(|| Protected {
                     size: Some(size),
                     crc32c,

@@ -250,13 +250,23 @@ impl RestoreTruth {
     }
 
     /// Files that must exist for restores: the cut a non-terminal job leases, and what its
-    /// copy tasks recorded as copied (until it rolls back).
-    pub fn protect(&self, cuts: &BTreeMap<u64, Cut>, out: &mut dyn FnMut(&str, u64, u32, String)) {
+    /// copy tasks recorded as copied (until it rolls back). `leased(snapshot, job)`: does the
+    /// snapshot hold the job's lease? A job is recorded before it asks for the lease, so a
+    /// job whose snapshot was dropped first never holds one, and fails without its cut.
+    pub fn protect(
+        &self,
+        cuts: &BTreeMap<u64, Cut>,
+        leased: &dyn Fn(u64, JobId) -> bool,
+        out: &mut dyn FnMut(&str, u64, u32, String),
+    ) {
         for (job, j) in &self.jobs {
             if !j.active() {
                 continue;
             }
             let Some(r) = &j.state.request else { continue };
+            if !leased(r.snapshot_id, *job) {
+                continue;
+            }
             if let Some(cut) = cuts.get(&r.snapshot_id) {
                 for seg in cut.segments.values() {
                     for f in seg.all_files() {

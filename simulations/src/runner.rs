@@ -114,6 +114,9 @@ impl Swarm {
             progress_batch_files: *rng.pick(&[1, 4, 32]).unwrap_or(&32),
             progress_batch_ms: *rng.pick(&[100, 1_000]).unwrap_or(&1_000),
             status_poll_ms: *rng.pick(&[200, 1_000]).unwrap_or(&1_000),
+            // Simulated files are small: 0 and 256 send every (or most) copies through the
+            // multipart path, as big files do in production.
+            single_put_max_bytes: *rng.pick(&[0, 256, 16 << 20]).unwrap_or(&(16 << 20)),
             ..RestoreConfig::default()
         };
         // One node restarting on one log, like `serve` on a sled directory: it takes its

@@ -556,9 +556,38 @@ impl SnapshotWorker {
         Ok(report)
     }
 
+    /// Why `snapshot.json` of `s` is missing: a drop that began since `s` was read deleted it
+    /// (`failed_precondition`, the request raced a drop), or it was lost (`internal`: the
+    /// snapshot is damaged).
+    async fn missing_metadata(&self, s: &SnapshotState) -> Error {
+        let now = self
+            .registry
+            .inspect::<Snapshot, _>(&snapshot_stream(s.snapshot_id()), |_, x| x.status)
+            .await;
+        match now {
+            Ok(Some(status @ (SnapshotStatus::Deleting | SnapshotStatus::Deleted))) => {
+                Error::failed_precondition(format!(
+                    "snapshot {} is {}: it was dropped meanwhile",
+                    s.snapshot_id(),
+                    status.as_str()
+                ))
+            }
+            _ => Error::internal(format!(
+                "snapshot.json '{}' is missing: the snapshot is damaged (the object was deleted or lost outside snapvault)",
+                s.metadata_key
+            )),
+        }
+    }
+
     /// Read and check `snapshot.json` of a snapshot.
     pub async fn load_metadata(&self, s: &SnapshotState) -> Result<SnapshotMetadata, Error> {
-        let bytes = get_recorded(&*self.store, &s.metadata_key, "snapshot.json").await?;
+        let bytes = match get_object(&*self.store, &s.metadata_key).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.code == snapvault_events::ErrorCode::NotFound => {
+                return Err(self.missing_metadata(s).await);
+            }
+            Err(e) => return Err(e),
+        };
         if crc32c::crc32c(&bytes) != s.metadata_crc32c {
             return Err(Error::internal(format!(
                 "'{}' does not match the checksum recorded at commit: the object was changed or damaged",
