@@ -430,7 +430,16 @@ fn a_failing_restore_wait_is_one_error_line() {
     ok(d, &["collection", "create", "c1"]);
     ok(
         d,
-        &["ingest", "c1", "--segments", "3", "--files", "2", "--size", "1024"],
+        &[
+            "ingest",
+            "c1",
+            "--segments",
+            "3",
+            "--files",
+            "2",
+            "--size",
+            "1024",
+        ],
     );
     ok(d, &["snapshot", "create", "c1", "s"]);
     let described = json(d, &["collection", "describe", "c1"]);

@@ -235,7 +235,11 @@ async fn a_source_in_the_nodes_own_store_is_packed_to_the_target_and_never_colle
         )
         .await
         .unwrap_err();
-    assert_eq!(refused.code, snapvault::ErrorCode::InvalidArgument, "{refused}");
+    assert_eq!(
+        refused.code,
+        snapvault::ErrorCode::InvalidArgument,
+        "{refused}"
+    );
     let id = create(&node, "own", "lake/t", 200).await;
     let t = refresh(&node, "own").await;
     let counts = t.counts.unwrap();

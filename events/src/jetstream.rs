@@ -386,8 +386,16 @@ impl Inner {
         });
     }
 
-    fn decode_checked(&self, stream: &str, seq: u64, payload: &[u8]) -> Result<Envelope, LogError> {
-        let env = record::decode(seq, payload)?;
+    /// Decode the message at `seq` on `stream`'s subject and check it belongs to `stream`.
+    fn decode_checked(
+        &self,
+        stream: &str,
+        seq: u64,
+        subject: &str,
+        headers: &HeaderMap,
+        payload: &[u8],
+    ) -> Result<Envelope, LogError> {
+        let env = record::decode_message(seq, subject, Some(headers), payload)?;
         if env.stream != stream {
             return Err(LogError::Corrupt {
                 position: seq,
@@ -407,7 +415,8 @@ impl Inner {
         }
         match self.stream.direct_get_last_for_subject(subject).await {
             Ok(m) => {
-                let env = self.decode_checked(stream, m.sequence, &m.payload)?;
+                let env =
+                    self.decode_checked(stream, m.sequence, &m.subject, &m.headers, &m.payload)?;
                 let last = Last {
                     version: env.version,
                     seq: m.sequence,
@@ -490,7 +499,8 @@ impl Inner {
                 hi = mid.saturating_sub(1);
                 continue;
             };
-            let env = self.decode_checked(stream, m.sequence, &m.payload)?;
+            let env =
+                self.decode_checked(stream, m.sequence, &m.subject, &m.headers, &m.payload)?;
             if env.version == version {
                 return Ok(Some(m.sequence));
             }
@@ -718,7 +728,13 @@ impl Inner {
                         ),
                     });
                 }
-                let env = record::decode(m.sequence, &m.payload)?;
+                let subject = m
+                    .headers
+                    .get("Nats-Subject")
+                    .map(|v| v.as_str().to_string())
+                    .unwrap_or_else(|| self.all_subjects.clone());
+                let env =
+                    record::decode_message(m.sequence, &subject, Some(&m.headers), &m.payload)?;
                 next = m.sequence + 1;
                 out.push(env);
             }
@@ -905,7 +921,7 @@ impl EventLog for JetStreamLog {
             .await?;
             let n = page.messages.len();
             for m in page.messages {
-                let env = s.decode_checked(stream, m.sequence, &m.payload)?;
+                let env = s.decode_checked(stream, m.sequence, &subject, &m.headers, &m.payload)?;
                 if env.version != expect {
                     return Err(LogError::Corrupt {
                         position: m.sequence,
@@ -1089,7 +1105,7 @@ fn subscribe_ordered(inner: Arc<Inner>, from: u64) -> Subscription {
                             t,
                         ));
                     }
-                    match record::decode(seq, &m.payload) {
+                    match record::decode_message(seq, &m.subject, m.headers.as_ref(), &m.payload) {
                         Ok(env) => {
                             t.next = seq + 1;
                             t.inner.bump_head(seq);

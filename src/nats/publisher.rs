@@ -15,6 +15,11 @@
 //! delivers only to subscribers connected at the time: a consumer that must not miss events
 //! while it is down captures `<prefix>.events.v1.>` in a JetStream stream of its own.
 //!
+//! A record the log cannot give (corrupt, foreign, of a newer build) stops the publisher *at*
+//! it — never skipped, as everywhere else: the warning names the position and why (once, then
+//! at most every minute), [`EventPublisher::stopped`] reports it, and the record is read again
+//! every 30 s, so publishing resumes by itself once the log is repaired.
+//!
 //! The `ids` stream (id-block reservations) is bookkeeping, not a domain event, and is not
 //! published. A stream `<kind>-<id>` goes to `<kind>.<id>`; a singleton stream (`catalog`,
 //! `gc`) to `<kind>._`.
@@ -24,10 +29,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
+use snapvault_actors::projection::{LogStop, STOPPED_RETRY, StopWarnings};
 use snapvault_events::envelope::Envelope;
 use snapvault_events::jetstream::record::stream_token;
 use snapvault_events::{EventLog, LogError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -93,6 +99,7 @@ pub fn event_subject(prefix: &str, stream: &str) -> String {
 pub struct EventPublisher {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    stopped_at: Arc<Mutex<Option<LogStop>>>,
 }
 
 impl EventPublisher {
@@ -103,8 +110,22 @@ impl EventPublisher {
         config: PublisherConfig,
     ) -> EventPublisher {
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(nats, log, store, config, stop_rx));
-        EventPublisher { stop, task }
+        let stopped_at = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(run(nats, log, store, config, stop_rx, stopped_at.clone()));
+        EventPublisher {
+            stop,
+            task,
+            stopped_at,
+        }
+    }
+
+    /// Where publishing stopped at a record the log cannot give, and why (read again every
+    /// 30 s), if it did.
+    pub fn stopped(&self) -> Option<LogStop> {
+        self.stopped_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Publish what was read, write the checkpoint, stop.
@@ -202,7 +223,12 @@ async fn run(
     store: Arc<dyn ObjectStore>,
     config: PublisherConfig,
     mut stop: watch::Receiver<bool>,
+    stopped_at: Arc<Mutex<Option<LogStop>>>,
 ) {
+    let mut warnings = StopWarnings::default();
+    let set_stopped = |s: Option<LogStop>| {
+        *stopped_at.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    };
     let mut next = load_checkpoint(&*log, &*store).await + 1;
     let mut last: Option<Envelope> = None;
     let mut since_checkpoint = 0u64;
@@ -211,6 +237,7 @@ async fn run(
     let mut backoff_ms = 50;
     'outer: loop {
         let mut sub = log.clone().subscribe(next);
+        let mut pause = None;
         loop {
             let item = tokio::select! {
                 biased;
@@ -228,6 +255,13 @@ async fn run(
             match item {
                 Some(Ok(env)) => {
                     backoff_ms = 50;
+                    if let Some(s) = warnings.clear() {
+                        set_stopped(None);
+                        tracing::warn!(
+                            position = s.position,
+                            "event publisher: the log record it had stopped at reads now; publishing again"
+                        );
+                    }
                     next = env.position + 1;
                     if env.stream != snapvault_events::ids::IDS_STREAM {
                         match message(&config.prefix, &env) {
@@ -263,18 +297,37 @@ async fn run(
                     break;
                 }
                 Some(Err(e)) => {
-                    tracing::error!(error = %e, "event publisher stopped: the log cannot be read past here");
-                    break 'outer;
+                    // Never skipped: stop here, say so once, read it again much later.
+                    let stop = LogStop::of(&e, next).unwrap_or(LogStop {
+                        position: next,
+                        reason: e.message(),
+                    });
+                    if warnings.due(&stop) {
+                        tracing::error!(
+                            position = stop.position,
+                            reason = %stop.reason,
+                            retry_s = STOPPED_RETRY.as_secs(),
+                            "event publisher stopped at a log record it cannot read; nothing after it is published until it reads"
+                        );
+                    }
+                    set_stopped(Some(stop));
+                    pause = Some(STOPPED_RETRY);
+                    break;
                 }
                 None => break,
             }
         }
+        drop(sub);
+        let pause = pause.unwrap_or_else(|| {
+            let p = Duration::from_millis(backoff_ms);
+            backoff_ms = (backoff_ms * 2).min(2_000);
+            p
+        });
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
-            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
-        backoff_ms = (backoff_ms * 2).min(2_000);
     }
     if let Some(l) = &last {
         save_checkpoint(&nats, &*store, l).await;

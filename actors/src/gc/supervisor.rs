@@ -1,20 +1,27 @@
 //! The GC supervisor: a ractor supervisor owning the ref-index projection and the sweeper.
 //!
 //! ractor's default is to stop a supervisor when a child ends; this one overrides it: a child
-//! that fails (a corrupt record, a panic) is restarted after a backoff that doubles up to
-//! `MAX_RESTART_BACKOFF_MS`, and GC keeps answering (`unavailable` while the sweeper is down,
-//! "not loaded" while the index rebuilds). A restarted index starts empty and replays the log,
-//! so a half-applied event can never leave it wrong.
+//! that fails (a panic, an event it cannot apply) is restarted after a backoff that doubles up
+//! to `MAX_RESTART_BACKOFF_MS` (and starts over only once a child ran for
+//! `STABLE_CHILD_MS`), and GC keeps answering (`unavailable` while the sweeper is down, "not
+//! loaded" while the index rebuilds). A restarted index starts empty and replays the log, so a
+//! half-applied event can never leave it wrong.
+//!
+//! A record the log cannot give (corrupt, foreign, of a newer build) stops the index *at* it
+//! ([`LogStop`]): the status names the position and the reason, the warning is logged once
+//! (then at most every [`STOPPED_WARN_EVERY`]), GC reclaims nothing, and the record is read
+//! again every [`STOPPED_RETRY`] — no replay, no restart loop.
 
 use crate::gc::ref_index::RefIndex;
 use crate::gc::singleton::{self, Attempt, CycleClaim};
 use crate::gc::sweeper::{GcReport, GcRunOptions, SweepContext, SweepState};
+use crate::projection::{LogStop, STOPPED_RETRY, STOPPED_WARN_EVERY, StopWarnings};
 use crate::snapshot::worker::{get_object, put_object};
 use object_store::ObjectStore;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::{Deserialize, Serialize};
 use snapvault_events::domain::gc::{Amount, GcCategory};
-use snapvault_events::{Error, ErrorCode, EventLog, LogError};
+use snapvault_events::{Error, ErrorCode, EventLog};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +42,8 @@ pub const CHECKPOINT_KEY: &str = "gc/ref-index.checkpoint";
 const READ_RETRY_MS: u64 = 200;
 const FIRST_RESTART_BACKOFF_MS: u64 = 100;
 const MAX_RESTART_BACKOFF_MS: u64 = 10_000;
+/// A child that ran this long before it ended is restarted after the first backoff again.
+const STABLE_CHILD_MS: u64 = 30_000;
 
 /// GC as the rest of the node sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +62,13 @@ pub struct GcStatus {
     /// How often a GC child was restarted after failing.
     pub child_restarts: u64,
     pub files_indexed: u64,
+    /// The log position the ref index stopped at: a record it cannot read or apply
+    /// (corrupt, foreign, written by a newer build). Read again every 30 s.
+    #[serde(default)]
+    pub stopped_at: Option<u64>,
+    /// Why it stopped there.
+    #[serde(default)]
+    pub stopped_reason: Option<String>,
 }
 
 struct Shared {
@@ -63,21 +79,72 @@ struct Shared {
     status: Mutex<GcStatus>,
     /// Set by `Gc::stop`: children that end now are not restarted.
     stopping: std::sync::atomic::AtomicBool,
+    /// Where the index stopped at a record it cannot read or apply, until it gets past it.
+    stop: Mutex<Option<LogStop>>,
+    warnings: Mutex<StopWarnings>,
 }
 
 impl Shared {
     fn applied(&self) -> u64 {
         *self.applied_tx.borrow()
     }
+    fn stopped(&self) -> Option<LogStop> {
+        self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
     fn loaded(&self) -> bool {
-        self.applied() >= self.target_head.load(Ordering::SeqCst)
+        self.applied() >= self.target_head.load(Ordering::SeqCst) && self.stopped().is_none()
     }
     fn not_loaded(&self) -> String {
-        format!(
+        let mut text = format!(
             "ref index not loaded (at position {} of {})",
             self.applied(),
             self.target_head.load(Ordering::SeqCst)
-        )
+        );
+        if let Some(stop) = self.stopped() {
+            text.push_str(&format!(
+                ": {stop}; read again every {} s",
+                STOPPED_RETRY.as_secs()
+            ));
+        }
+        text
+    }
+    /// The index stopped at `stop`: record it (the status names it), say so once a minute at
+    /// most, and wake whoever waits for the index (they report it instead of waiting).
+    fn record_stop(&self, stop: LogStop) {
+        if self
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(&stop)
+        {
+            tracing::warn!(
+                position = stop.position,
+                reason = %stop.reason,
+                retry_s = STOPPED_RETRY.as_secs(),
+                repeat_s = STOPPED_WARN_EVERY.as_secs(),
+                "GC ref index stopped at a log record it cannot read; GC reclaims nothing until it reads"
+            );
+        }
+        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
+        self.applied_tx.send_modify(|_| {});
+    }
+    /// The index applied up to `applied`: a stop at or below it is over.
+    fn passed(&self, applied: u64) {
+        let mut stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
+        if stop.as_ref().is_some_and(|s| s.position <= applied) {
+            let s = stop.take();
+            drop(stop);
+            self.warnings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            if let Some(s) = s {
+                tracing::warn!(
+                    position = s.position,
+                    "GC ref index got past the log record it had stopped at"
+                );
+            }
+        }
     }
 }
 
@@ -140,30 +207,51 @@ impl Actor for RefIndexActor {
         let from = s.shared.applied() + 1;
         let page = match s.log.read_all(from, INDEX_PAGE_EVENTS).await {
             Ok(page) => page,
-            Err(LogError::Unavailable(reason)) => {
-                // Transient: read again later rather than rebuild the index from scratch.
-                tracing::info!(%reason, "GC ref index: log unavailable; retrying");
+            Err(e) => {
+                let delay = match LogStop::of(&e, from) {
+                    // Transient: read again later rather than rebuild the index from scratch.
+                    None => {
+                        tracing::info!(error = %e, "GC ref index: log unavailable; retrying");
+                        Duration::from_millis(READ_RETRY_MS)
+                    }
+                    // The same record gives the same answer: stop here (nothing of it was
+                    // applied, so no rebuild) and read it again much later.
+                    Some(stop) => {
+                        s.shared.record_stop(stop);
+                        STOPPED_RETRY
+                    }
+                };
                 let me = myself.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(READ_RETRY_MS)).await;
+                    tokio::time::sleep(delay).await;
                     let _ = me.send_message(IndexMsg::Pump);
                 });
                 s.waiting = true;
                 return Ok(());
             }
-            Err(e) => return Err(e.into()),
         };
         let n = page.len();
         if let Some(last) = page.last() {
             let checkpoint = {
                 let mut ix = s.shared.index.lock().unwrap_or_else(|p| p.into_inner());
                 for env in &page {
-                    ix.apply(env)?;
+                    if let Err(e) = ix.apply(env) {
+                        // The index may hold part of this event: record why, then fail (the
+                        // supervisor rebuilds it, after `STOPPED_RETRY` since it is stopped).
+                        drop(ix);
+                        let stop = LogStop::of(&e, env.position).unwrap_or(LogStop {
+                            position: env.position,
+                            reason: e.message(),
+                        });
+                        s.shared.record_stop(stop);
+                        return Err(e.into());
+                    }
                 }
                 (last.position - s.checkpointed >= CHECKPOINT_EVERY_EVENTS)
                     .then(|| ix.to_checkpoint((&last.stream, last.version)))
             };
             s.shared.applied_tx.send_replace(last.position);
+            s.shared.passed(last.position);
             if let Some(bytes) = checkpoint {
                 match put_object(&*s.store, CHECKPOINT_KEY, bytes::Bytes::from(bytes?)).await {
                     Ok(()) => s.checkpointed = last.position,
@@ -310,9 +398,17 @@ impl SweeperState {
             }
         };
         let mut rx = self.shared.applied_tx.subscribe();
+        let shared = self.shared.clone();
+        let stopped = move || shared.stopped().map(|s| s.to_string());
         let report = self
             .ctx
-            .cycle(&self.shared.index, &mut rx, &mut self.memory, options)
+            .cycle(
+                &self.shared.index,
+                &mut rx,
+                &mut self.memory,
+                options,
+                &stopped,
+            )
             .await;
         if let Some(c) = claim {
             c.release().await;
@@ -421,6 +517,9 @@ struct SupState {
     index: Option<ActorRef<IndexMsg>>,
     sweeper: Option<ActorRef<SweepMsg>>,
     backoff_ms: u64,
+    /// When each child last started.
+    index_started: Option<tokio::time::Instant>,
+    sweeper_started: Option<tokio::time::Instant>,
 }
 
 impl SupState {
@@ -443,6 +542,7 @@ impl SupState {
                 )
                 .await?;
                 self.index = Some(r);
+                self.index_started = Some(tokio::time::Instant::now());
             }
             Child::Sweeper => {
                 let (r, _) = Actor::spawn_linked(
@@ -453,6 +553,7 @@ impl SupState {
                 )
                 .await?;
                 self.sweeper = Some(r);
+                self.sweeper_started = Some(tokio::time::Instant::now());
             }
         }
         Ok(())
@@ -477,6 +578,8 @@ impl Actor for GcSupervisor {
             index: None,
             sweeper: None,
             backoff_ms: FIRST_RESTART_BACKOFF_MS,
+            index_started: None,
+            sweeper_started: None,
         };
         // A child that cannot start now (a transient log error while the index reads the
         // head) is retried with backoff like one that failed later: the node still starts,
@@ -515,11 +618,12 @@ impl Actor for GcSupervisor {
             },
             GcMsg::Restart(_) if s.shared.stopping.load(Ordering::SeqCst) => {}
             GcMsg::Restart(child) => {
+                // The backoff starts over only once a child ran for a while (in
+                // `handle_supervisor_evt`): one that fails right after it started again must
+                // not be restarted every `FIRST_RESTART_BACKOFF_MS`.
                 if let Err(e) = s.start(&myself, child).await {
                     tracing::warn!(?child, error = %e, "GC child failed to restart; retrying");
                     schedule_restart(&myself, child, s);
-                } else {
-                    s.backoff_ms = FIRST_RESTART_BACKOFF_MS;
                 }
             }
         }
@@ -543,24 +647,39 @@ impl Actor for GcSupervisor {
         if s.shared.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let child = if s.index.as_ref().is_some_and(|r| r.get_id() == who) {
+        let (child, started) = if s.index.as_ref().is_some_and(|r| r.get_id() == who) {
             s.index = None;
-            Child::Index
+            (Child::Index, s.index_started.take())
         } else if s.sweeper.as_ref().is_some_and(|r| r.get_id() == who) {
             s.sweeper = None;
-            Child::Sweeper
+            (Child::Sweeper, s.sweeper_started.take())
         } else {
             return Ok(());
         };
+        if started.is_some_and(|t| t.elapsed() >= Duration::from_millis(STABLE_CHILD_MS)) {
+            s.backoff_ms = FIRST_RESTART_BACKOFF_MS;
+        }
         s.shared.restarts.fetch_add(1, Ordering::SeqCst);
-        tracing::warn!(?child, reason = %why, backoff_ms = s.backoff_ms, "GC child ended; restarting");
+        match s.shared.stopped() {
+            // The index failed on the record it stopped at: `record_stop` said so already.
+            Some(stop) if child == Child::Index && why.contains(&stop.reason) => {
+                tracing::debug!(?child, reason = %why, "GC child ended at the record it stopped at; restarting later");
+            }
+            _ => {
+                tracing::warn!(?child, reason = %why, backoff_ms = s.backoff_ms, "GC child ended; restarting")
+            }
+        }
         schedule_restart(&myself, child, s);
         Ok(())
     }
 }
 
 fn schedule_restart(myself: &ActorRef<GcMsg>, child: Child, s: &mut SupState) {
-    let delay = Duration::from_millis(s.backoff_ms);
+    let mut delay = Duration::from_millis(s.backoff_ms);
+    if child == Child::Index && s.shared.stopped().is_some() {
+        // Rebuilding stops at the same record until someone repairs the log.
+        delay = delay.max(STOPPED_RETRY);
+    }
     s.backoff_ms = (s.backoff_ms * 2).min(MAX_RESTART_BACKOFF_MS);
     let me = myself.clone();
     tokio::spawn(async move {
@@ -586,6 +705,8 @@ impl Gc {
             restarts: AtomicU64::new(0),
             status: Mutex::new(GcStatus::default()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            stop: Mutex::new(None),
+            warnings: Mutex::new(StopWarnings::default()),
         });
         let (supervisor, _) = Actor::spawn(None, GcSupervisor, (ctx, shared.clone()))
             .await
@@ -603,22 +724,27 @@ impl Gc {
             .map_err(|_| Error::unavailable("the GC sweeper stopped during the cycle; try again"))?
     }
 
-    /// Wait until the ref index is loaded (or `timeout`).
+    /// Wait until the ref index is loaded (or `timeout`); `unavailable` at once, naming the
+    /// position and why, while it is stopped at a record it cannot read.
     pub async fn wait_loaded(&self, timeout: Duration) -> Result<(), Error> {
         let mut rx = self.shared.applied_tx.subscribe();
         let wait = async {
             loop {
                 if self.shared.loaded() {
-                    return;
+                    return Ok(());
+                }
+                // Stopped at a record: no use waiting for it.
+                if self.shared.stopped().is_some() {
+                    return Err(Error::unavailable(self.shared.not_loaded()));
                 }
                 if rx.changed().await.is_err() {
-                    return;
+                    return Ok(());
                 }
             }
         };
         tokio::time::timeout(timeout, wait)
             .await
-            .map_err(|_| Error::unavailable(self.shared.not_loaded()))
+            .map_err(|_| Error::unavailable(self.shared.not_loaded()))?
     }
 
     pub fn status(&self) -> GcStatus {
@@ -632,6 +758,9 @@ impl Gc {
         st.target_head = self.shared.target_head.load(Ordering::SeqCst);
         st.loaded = self.shared.loaded();
         st.not_loaded_reason = (!st.loaded).then(|| self.shared.not_loaded());
+        let stop = self.shared.stopped();
+        st.stopped_at = stop.as_ref().map(|s| s.position);
+        st.stopped_reason = stop.map(|s| s.reason);
         st.child_restarts = self.shared.restarts.load(Ordering::SeqCst);
         st.files_indexed = self
             .shared

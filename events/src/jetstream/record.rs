@@ -116,6 +116,39 @@ pub fn encode(env: &Envelope) -> Result<Vec<u8>, LogError> {
     Ok(out)
 }
 
+/// Decode and verify the message stored at stream sequence `position` on `subject`: it must
+/// carry the append header every snapvault append sets ([`super::APPEND_ID_HEADER`]), and its
+/// payload must be a sound record ([`decode`]). A message without the header was not written by
+/// snapvault (anyone allowed to publish on `<prefix>.log.>` can put one there, see
+/// `docs/nats-permissions.md`): it is `Corrupt`, naming its position and subject, whatever
+/// its payload.
+pub fn decode_message(
+    position: u64,
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    bytes: &[u8],
+) -> Result<Envelope, LogError> {
+    if headers
+        .and_then(|h| h.get(super::APPEND_ID_HEADER))
+        .is_none_or(|v| v.as_str().is_empty())
+    {
+        return Err(foreign(position, subject, bytes.len()));
+    }
+    decode(position, bytes)
+}
+
+/// The `Corrupt` of a message without snapvault's append header.
+pub fn foreign(position: u64, subject: &str, len: usize) -> LogError {
+    LogError::Corrupt {
+        position,
+        reason: format!(
+            "record has no snapvault append header (foreign message?): {len} bytes on subject '{}' without {}, so not written by snapvault; allow only snapvault nodes to publish on the log's subjects (docs/nats-permissions.md)",
+            subject.escape_debug(),
+            super::APPEND_ID_HEADER,
+        ),
+    }
+}
+
 /// Decode and verify the record stored at stream sequence `position`.
 pub fn decode(position: u64, bytes: &[u8]) -> Result<Envelope, LogError> {
     if bytes.len() < 5 {
@@ -189,6 +222,31 @@ mod tests {
         }
         for len in 0..bytes.len() {
             assert!(decode(1, &bytes[..len]).is_err());
+        }
+    }
+
+    #[test]
+    fn a_message_without_the_append_header_is_foreign() {
+        let bytes = encode(&sample()).unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(super::super::APPEND_ID_HEADER, "n-1");
+        let ok = decode_message(9, "sv.log.collection-1", Some(&headers), &bytes).unwrap();
+        assert_eq!(ok.position, 9);
+        for h in [None, Some(async_nats::HeaderMap::new())] {
+            // Even a sound record is foreign without the header; so is "hello".
+            for payload in [&bytes[..], b"hello"] {
+                match decode_message(40, "sv.log.x-1", h.as_ref(), payload) {
+                    Err(LogError::Corrupt { position, reason }) => {
+                        assert_eq!(position, 40);
+                        assert!(
+                            reason.starts_with("record has no snapvault append header"),
+                            "{reason}"
+                        );
+                        assert!(reason.contains("'sv.log.x-1'"), "{reason}");
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
         }
     }
 
