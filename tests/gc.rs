@@ -124,6 +124,20 @@ async fn flush(c: &Client, name: &str, cid: u64, shard: u32) -> (u64, Vec<FileRe
     (id, files)
 }
 
+/// Collection `c1` (one shard) with one flushed segment: its id and the segment's files.
+async fn one_flushed_segment(c: &Client) -> (u64, Vec<FileRef>) {
+    let view = c
+        .create_collection(CreateCollectionRequest {
+            name: "c1".into(),
+            shard_count: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, files) = flush(c, "c1", view.id, 0).await;
+    (view.id, files)
+}
+
 fn exists(dir: &Path, key: &str) -> bool {
     dir.join("objects").join(key).exists()
 }
@@ -291,16 +305,8 @@ async fn orphans_respect_the_safety_window_and_unflushed_host_files_survive() {
     let dir = tempfile::tempdir().unwrap();
     let node = started(dir.path()).await;
     let c = node.client();
-    let view = c
-        .create_collection(CreateCollectionRequest {
-            name: "c1".into(),
-            shard_count: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let (_, live) = flush(&c, "c1", view.id, 0).await;
-    let orphan = format!("data/{}/1/999999/insert_log/0", view.id);
+    let (collection_id, live) = one_flushed_segment(&c).await;
+    let orphan = format!("data/{collection_id}/1/999999/insert_log/0");
     c.store()
         .put(
             &ObjPath::from(orphan.as_str()),
@@ -350,17 +356,9 @@ async fn staging_files_a_killed_write_left_are_reclaimed_after_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let node = started(dir.path()).await;
     let c = node.client();
-    let view = c
-        .create_collection(CreateCollectionRequest {
-            name: "c1".into(),
-            shard_count: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let (_, live) = flush(&c, "c1", view.id, 0).await;
+    let (collection_id, live) = one_flushed_segment(&c).await;
     let old = format!("{}#3", live[0].key);
-    let young = format!("data/{}/1/77/insert_log/0#12", view.id);
+    let young = format!("data/{collection_id}/1/77/insert_log/0#12");
     for (key, age_s) in [(&old, 7_200u64), (&young, 0)] {
         let path = dir.path().join("objects").join(key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

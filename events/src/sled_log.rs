@@ -295,20 +295,12 @@ impl SledLog {
         let path = self.inner.path.clone();
         tokio::task::spawn_blocking(move || catch_sled_panic(&path, what, || f(&inner)))
             .await
-            .map_err(|e| match e.try_into_panic() {
-                // sled panics on some damaged files: damaged data, not a retryable outage.
-                Ok(panic) => LogError::Corrupt {
-                    position: 0,
-                    reason: format!(
-                        "sled failed on the files of {} ({what}: {}); the directory is damaged",
-                        self.inner.path.display(),
-                        panic_message(&*panic)
-                    ),
-                },
-                Err(e) => LogError::Unavailable(format!(
+            // A panic inside `f` is caught there (`catch_sled_panic`); this is a cancelled task.
+            .map_err(|e| {
+                LogError::Unavailable(format!(
                     "sled log at {}: {what} task failed: {e}",
                     self.inner.path.display()
-                )),
+                ))
             })?
     }
 }
