@@ -34,7 +34,7 @@ pub struct Node {
 
 /// The snapshot and external reconciler looks for unclaimed or lapsed creates, drops and
 /// refresh tasks at most this often.
-const MIN_RECONCILE_MS: u64 = 1_000;
+pub const MIN_RECONCILE_MS: u64 = 1_000;
 
 /// How long `shutdown` waits for the resume of unfinished work before it leaves the rest to
 /// the next start.

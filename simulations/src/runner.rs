@@ -18,6 +18,7 @@
 //! The **trace hash** folds in every log event, every operation outcome and the final store
 //! listing; the same seed must give the same hash, run after run.
 
+use crate::claim_check::ClaimBounds;
 use crate::faults::{FaultConfig, FaultInjector, Site};
 use crate::invariants::{Checker, hash_store};
 use crate::model::{IdLedger, Model, Threat};
@@ -44,9 +45,9 @@ use snapvault_events::domain::catalog::CATALOG_STREAM;
 use snapvault_events::domain::collection::CollectionCommand;
 use snapvault_events::domain::collection_stream;
 use snapvault_events::domain::snapshot::{SnapshotCommand, SnapshotStatus, snapshot_stream};
-use snapvault_events::{ErrorCode, EventLog, MemoryLog};
+use snapvault_events::{Clock, ErrorCode, EventLog, MemoryLog};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -285,8 +286,13 @@ enum CrashPlan {
 /// Chance per step (ppm) that a cluster cuts one node mid-step, on top of the swarm's crashes.
 const CLUSTER_CUT_PPM: u32 = 20_000;
 
+/// Seconds of virtual time the liveness phase waits after healing, checking every second
+/// that the reconcilers claim every unit in time.
+const LIVENESS_WAIT_S: u64 = 30;
+
 /// One node of a multi-node run and its link to the shared log and store.
 struct Member {
+    id: String,
     node: Node,
     link: Arc<NodeLink>,
 }
@@ -451,7 +457,8 @@ impl Sim {
             }
         }
         let mut node = node;
-        self.liveness(&client, &mut node).await?;
+        let live = BTreeSet::from([self.swarm.work.node_id.clone()]);
+        self.liveness(&client, &mut node, &live).await?;
         drop(client);
         drop(node);
         self.clock.freeze();
@@ -491,7 +498,7 @@ impl Sim {
             )
             .await
             {
-                Ok(node) => return Ok(Member { node, link }),
+                Ok(node) => return Ok(Member { id, node, link }),
                 Err(e) if e.code == ErrorCode::Unavailable && attempts < 100 => {
                     attempts += 1;
                     self.note(format!("{id}: start failed ({e}); starting again"));
@@ -559,8 +566,9 @@ impl Sim {
             }
         }
         let client = members[0].node.client();
+        let live: BTreeSet<String> = members.iter().map(|m| m.id.clone()).collect();
         let mut first = members.remove(0);
-        self.liveness(&client, &mut first.node).await?;
+        self.liveness(&client, &mut first.node, &live).await?;
         drop(client);
         self.note(format!("{} zombies left behind", zombies.len()));
         drop(zombies);
@@ -763,12 +771,48 @@ impl Sim {
     }
 
     /// Heal every fault and require everything to settle.
-    async fn liveness(&mut self, client: &Client, node: &mut Node) -> Result<(), String> {
+    async fn liveness(
+        &mut self,
+        client: &Client,
+        node: &mut Node,
+        live_nodes: &BTreeSet<String>,
+    ) -> Result<(), String> {
         self.faults.heal();
+        let healed_ms = self.clock.now_ms();
         self.note("liveness: faults healed".to_string());
         // Virtual time for anything pending to finish or time out, and for idle entities to
-        // be evicted.
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        // be evicted — during which the reconcilers alone (nothing here resumes work) must
+        // claim every unit that needs a holder in time (`ClaimAudit::overdue`).
+        let bounds = ClaimBounds {
+            claim_ttl_ms: self.swarm.work.claim_ttl_ms,
+            restore_reconcile_ms: self.swarm.work.reconcile_ms,
+            node_reconcile_ms: self
+                .swarm
+                .work
+                .reconcile_ms
+                .max(snapvault::node::MIN_RECONCILE_MS),
+            placement_delay_ms: self.swarm.work.placement_delay_ms,
+            retry_max_ms: self.swarm.restore.retry_max_ms,
+        };
+        for _ in 0..LIVENESS_WAIT_S {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.checker
+                .ingest(self.log.inner(), &mut self.trace)
+                .await?;
+            let late = self.checker.claims.overdue(
+                self.checker.truth(),
+                self.clock.now_ms(),
+                healed_ms,
+                live_nodes,
+                bounds,
+            );
+            if !late.is_empty() {
+                return Err(format!(
+                    "liveness: work unclaimed past its deadline and the reconcile interval: {}",
+                    late.join("; ")
+                ));
+            }
+        }
         // What the next start would do: finish interrupted snapshot creates and drops.
         node.resumed().await;
         tokio::time::timeout(OP_TIMEOUT, client.resume_unfinished())
