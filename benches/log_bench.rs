@@ -18,6 +18,13 @@
 //! ratio is the median of the paired ratios and each side's events/s comes from its median
 //! chunk time, so a stall that hits one chunk does not decide the result.
 //!
+//! 3. Group commit: 64 writers at once, each appending single ~200 B events to its own stream
+//!    (64 streams), vs ONE writer appending the same single events one after another through
+//!    the same log, vs raw sled inserting the same bytes as batches of 64 inserts + `flush()`
+//!    (what 64 concurrent appends could at best share). Measured in 5 alternating rounds;
+//!    rates are medians, and the concurrent case's append latencies give p50/p99. Targets:
+//!    ≥ 20× the single writer and ≥ 0.5× the raw batches.
+//!
 //! `cargo bench --bench log_bench`; `SNAPVAULT_BENCH_QUICK=1` shrinks every size 10× for a
 //! smoke run.
 
@@ -40,6 +47,8 @@ const REPLAY_STREAMS: usize = 1_000;
 const REPLAY_PAGE: usize = 4096;
 const APPEND_CHUNKS: usize = 20;
 const REPLAY_CHUNKS: usize = 16;
+const CONCURRENT_WRITERS: usize = 64;
+const CONCURRENT_ROUNDS: usize = 5;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -174,6 +183,108 @@ impl RawAppender {
         }
         Ok(started.elapsed())
     }
+}
+
+/// Case 3: single-event appends to `CONCURRENT_WRITERS` streams, through one log.
+struct GroupAppender {
+    log: SledLog,
+    versions: Vec<u64>,
+    next: usize,
+}
+
+impl GroupAppender {
+    fn open(dir: &Path) -> Result<Self, BoxError> {
+        Ok(GroupAppender {
+            log: SledLog::open(dir, clock())?,
+            versions: vec![0; CONCURRENT_WRITERS],
+            next: 0,
+        })
+    }
+
+    /// Every writer appends `per_writer` single events at once; returns the elapsed time and
+    /// each append's latency.
+    async fn concurrent(&mut self, per_writer: usize) -> Result<(Duration, Vec<f64>), BoxError> {
+        let started = Instant::now();
+        let mut handles = Vec::with_capacity(CONCURRENT_WRITERS);
+        for w in 0..CONCURRENT_WRITERS {
+            let log = self.log.clone();
+            let mut version = self.versions[w];
+            let base = self.next + w * per_writer;
+            handles.push(tokio::spawn(async move {
+                let stream = format!("group-{w}");
+                let mut latencies = Vec::with_capacity(per_writer);
+                for i in 0..per_writer {
+                    let t = Instant::now();
+                    let a = log
+                        .append(
+                            &stream,
+                            ExpectedVersion::Exact(version),
+                            vec![NewEvent::new("Bench", 1, append_payload(base + i))],
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    version = a.stream_version;
+                    latencies.push(t.elapsed().as_secs_f64() * 1_000.0);
+                }
+                Ok::<_, String>((version, latencies))
+            }));
+        }
+        let mut latencies = Vec::with_capacity(CONCURRENT_WRITERS * per_writer);
+        for (w, h) in handles.into_iter().enumerate() {
+            let (version, l) = h.await??;
+            self.versions[w] = version;
+            latencies.extend(l);
+        }
+        self.next += CONCURRENT_WRITERS * per_writer;
+        Ok((started.elapsed(), latencies))
+    }
+
+    /// One writer appends `events` single events, one after another, over the same streams.
+    async fn single(&mut self, events: usize) -> Result<Duration, BoxError> {
+        let started = Instant::now();
+        for i in 0..events {
+            let w = i % CONCURRENT_WRITERS;
+            let a = self
+                .log
+                .append(
+                    &format!("group-{w}"),
+                    ExpectedVersion::Exact(self.versions[w]),
+                    vec![NewEvent::new("Bench", 1, append_payload(self.next + i))],
+                )
+                .await?;
+            self.versions[w] = a.stream_version;
+        }
+        self.next += events;
+        Ok(started.elapsed())
+    }
+}
+
+/// Case 3's baseline: the same bytes as raw sled batches of `CONCURRENT_WRITERS` + flush.
+fn raw_group_batches(
+    tree: &sled::Tree,
+    events: usize,
+    next: &mut usize,
+) -> Result<Duration, BoxError> {
+    let started = Instant::now();
+    for chunk in 0..events.div_ceil(CONCURRENT_WRITERS) {
+        let mut batch = sled::Batch::default();
+        for i in 0..CONCURRENT_WRITERS.min(events - chunk * CONCURRENT_WRITERS) {
+            let n = *next + chunk * CONCURRENT_WRITERS + i;
+            batch.insert(&(n as u64).to_be_bytes(), append_payload(n));
+        }
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+    }
+    *next += events;
+    Ok(started.elapsed())
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -410,6 +521,49 @@ fn main() -> Result<(), BoxError> {
     drop(ours);
     drop(raw);
 
+    // 3. Group commit: concurrent single-event appends vs one writer vs raw batches.
+    let per_writer = 200 / scale;
+    let single_events = 1_000 / scale;
+    let mut group = GroupAppender::open(&base.path().join("group-log"))?;
+    let raw_group_db = raw_db(&base.path().join("group-raw"))?;
+    let raw_group_tree = raw_group_db.open_tree("raw")?;
+    let mut raw_next = 0usize;
+    let (mut conc_rates, mut single_rates, mut raw_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let mut latencies_ms = Vec::new();
+    let groups_before = group.log.group_commit_stats();
+    for round in 0..CONCURRENT_ROUNDS {
+        let concurrent_events = CONCURRENT_WRITERS * per_writer;
+        let mut measure_raw =
+            || raw_group_batches(&raw_group_tree, concurrent_events, &mut raw_next);
+        let raw_time = if round % 2 == 0 {
+            Some(measure_raw()?)
+        } else {
+            None
+        };
+        let (c, l) = runtime.block_on(group.concurrent(per_writer))?;
+        let s1 = runtime.block_on(group.single(single_events))?;
+        let raw_time = match raw_time {
+            Some(t) => t,
+            None => measure_raw()?,
+        };
+        conc_rates.push(per_sec(concurrent_events, c));
+        single_rates.push(per_sec(single_events, s1));
+        raw_rates.push(per_sec(concurrent_events, raw_time));
+        latencies_ms.extend(l);
+    }
+    let groups_after = group.log.group_commit_stats();
+    let appends_per_group = (groups_after.1 - groups_before.1) as f64
+        / (groups_after.0 - groups_before.0).max(1) as f64;
+    let p50_ms = percentile(&mut latencies_ms, 0.50);
+    let p99_ms = percentile(&mut latencies_ms, 0.99);
+    let (conc, single, raw_batches) = (median(conc_rates), median(single_rates), median(raw_rates));
+    println!(
+        "  group commit: {CONCURRENT_WRITERS} writers × {per_writer} single events per round, {CONCURRENT_ROUNDS} rounds; one writer {single_events} events per round; {appends_per_group:.1} appends per flush on average; concurrent append latency p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms"
+    );
+    drop(group);
+    drop(raw_group_tree);
+    drop(raw_group_db);
+
     // 2. Full replay.
     let replay_dir = base.path().join("replay");
     let (rss_start, _) = memory_mib();
@@ -506,6 +660,33 @@ fn main() -> Result<(), BoxError> {
         &format!("replay {replay_events} events → {streams} stream states"),
         replay_row,
         0.7,
+    );
+    println!();
+    println!(
+        "| {:<46} | {:>13} | {:>13} | {:>6} | {:<11} |",
+        "group commit (events/s; ratio = medians)", "64 writers", "baseline", "ratio", "target"
+    );
+    println!(
+        "|{:-<48}|{:-<15}|{:-<15}|{:-<8}|{:-<13}|",
+        "", "", "", "", ""
+    );
+    row(
+        "vs one writer, single-event appends",
+        (conc, single, conc / single),
+        20.0,
+    );
+    row(
+        &format!("vs raw sled batches of {CONCURRENT_WRITERS} + flush"),
+        (conc, raw_batches, conc / raw_batches),
+        0.5,
+    );
+    println!(
+        "| {:<46} | {:>13} | {:>13} | {:>6} | {:<11} |",
+        "concurrent append latency p50 / p99 (ms)",
+        format!("{p50_ms:.2}"),
+        format!("{p99_ms:.2}"),
+        "",
+        ""
     );
     println!();
     println!("memory (MiB)                          VmRSS    VmHWM (peak)");
