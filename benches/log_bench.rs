@@ -462,6 +462,19 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// A blank line, then a table's heading and rule.
+fn table_header(title: &str, ours: &str, baseline: &str) {
+    println!();
+    println!(
+        "| {title:<46} | {ours:>13} | {baseline:>13} | {:>6} | {:<11} |",
+        "ratio", "target"
+    );
+    println!(
+        "|{:-<48}|{:-<15}|{:-<15}|{:-<8}|{:-<13}|",
+        "", "", "", "", ""
+    );
+}
+
 fn row(name: &str, (ours, raw, ratio): (f64, f64, f64), target: f64) {
     println!(
         "| {name:<46} | {ours:>13.0} | {raw:>13.0} | {ratio:>5.2}× | ≥ {target:.1}× {} |",
@@ -640,14 +653,10 @@ fn main() -> Result<(), BoxError> {
     drop(ours);
     drop(raw);
 
-    println!();
-    println!(
-        "| {:<46} | {:>13} | {:>13} | {:>6} | {:<11} |",
-        "benchmark (events/s; ratio = median of pairs)", "snapvault", "raw sled", "ratio", "target"
-    );
-    println!(
-        "|{:-<48}|{:-<15}|{:-<15}|{:-<8}|{:-<13}|",
-        "", "", "", "", ""
+    table_header(
+        "benchmark (events/s; ratio = median of pairs)",
+        "snapvault",
+        "raw sled",
     );
     row(
         &format!(
@@ -661,14 +670,10 @@ fn main() -> Result<(), BoxError> {
         replay_row,
         0.7,
     );
-    println!();
-    println!(
-        "| {:<46} | {:>13} | {:>13} | {:>6} | {:<11} |",
-        "group commit (events/s; ratio = medians)", "64 writers", "baseline", "ratio", "target"
-    );
-    println!(
-        "|{:-<48}|{:-<15}|{:-<15}|{:-<8}|{:-<13}|",
-        "", "", "", "", ""
+    table_header(
+        "group commit (events/s; ratio = medians)",
+        "64 writers",
+        "baseline",
     );
     row(
         "vs one writer, single-event appends",
