@@ -29,11 +29,21 @@ use std::sync::Arc;
 pub struct CreateCollectionRequest {
     pub name: String,
     /// Opaque JSON kept verbatim; `{}` when empty.
+    #[serde(default)]
     pub schema_json: String,
+    /// 1 when missing from a request body (`external.create` embeds this struct), as for
+    /// `collection.create`.
+    #[serde(default = "one_shard")]
     pub shard_count: u32,
+    #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// Partitions besides `_default`.
+    #[serde(default)]
     pub partitions: Vec<String>,
+}
+
+fn one_shard() -> u32 {
+    1
 }
 
 /// Built by `Node::start_with` from the parts it started.
@@ -63,6 +73,26 @@ impl Client {
     /// The entity registry (diagnostics and tests).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// This node's metrics registry (a host exposes [`Client::metrics_text`] itself, or
+    /// reads the counters directly).
+    pub fn metrics(&self) -> &Arc<snapvault_actors::metrics::Metrics> {
+        self.registry.metrics()
+    }
+
+    /// The OpenMetrics text of this node's metrics, with the gauges read at this moment
+    /// (GC's reference-index lag and loaded flag, the log head) refreshed first.
+    pub async fn metrics_text(&self) -> String {
+        let metrics = self.metrics();
+        let status = self.gc_status();
+        if let Ok(head) = self.log().head().await {
+            metrics
+                .gc_ref_index_lag_events
+                .set(i64::try_from(head.saturating_sub(status.applied)).unwrap_or(i64::MAX));
+        }
+        metrics.gc_ref_index_loaded.set(i64::from(status.loaded));
+        metrics.encode()
     }
 
     /// A new id, unique across restarts (segment ids, build ids).

@@ -18,6 +18,7 @@ pub mod external;
 pub mod gc;
 pub mod host;
 pub mod lake;
+pub mod metrics_http;
 pub mod nats;
 pub mod node;
 pub mod restores;

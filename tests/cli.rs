@@ -383,7 +383,7 @@ fn serve_stops_gracefully_on_sigterm() {
     let mut child = Command::new(BIN)
         .arg("--data")
         .arg(dir.path())
-        .args(["--json", "serve"])
+        .args(["--json", "serve", "--metrics-addr", "127.0.0.1:0"])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -399,6 +399,25 @@ fn serve_stops_gracefully_on_sigterm() {
     }
     let status: Value = serde_json::from_str(&line).expect("status JSON");
     assert_eq!(status["status"], "serving");
+    // The metrics endpoint it announced answers a scrape.
+    let url = status["metrics"]
+        .as_str()
+        .expect("metrics address announced");
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .expect("http://ADDR/metrics");
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    std::io::Write::write_all(&mut conn, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut scraped = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut scraped).expect("read metrics");
+    assert!(scraped.starts_with("HTTP/1.1 200 OK"), "{scraped}");
+    assert!(
+        scraped.contains("# TYPE snapvault_log_head_position gauge"),
+        "{scraped}"
+    );
+    assert!(scraped.ends_with("# EOF\n"), "{scraped}");
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -15,6 +15,7 @@ pub mod crash_points;
 pub mod entity;
 pub mod external;
 pub mod gc;
+pub mod metrics;
 pub mod projection;
 pub mod registry;
 pub mod restore;

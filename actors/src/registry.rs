@@ -65,7 +65,9 @@ struct Tables {
 
 struct Shared {
     tables: Mutex<Tables>,
+    /// The node's log, timed and counted ([`crate::metrics::MeteredLog`]).
     log: Arc<dyn EventLog>,
+    metrics: Arc<crate::metrics::Metrics>,
     clock: SharedClock,
     config: RegistryConfig,
     started: tokio::time::Instant,
@@ -192,9 +194,13 @@ impl Registry {
         clock: SharedClock,
         config: RegistryConfig,
     ) -> Result<Registry, Error> {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let log: Arc<dyn EventLog> =
+            Arc::new(crate::metrics::MeteredLog::new(log, metrics.clone()));
         let shared = Arc::new(Shared {
             tables: Mutex::new(Tables::default()),
             log,
+            metrics,
             clock,
             config,
             started: tokio::time::Instant::now(),
@@ -226,6 +232,11 @@ impl Registry {
 
     pub fn clock(&self) -> &SharedClock {
         &self.shared.clock
+    }
+
+    /// This node's metrics (every part of a node reaches them through its registry).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.shared.metrics
     }
 
     /// How many entity actors are alive now.

@@ -528,7 +528,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
             .await
         }
         Command::Gc(GcCmd::Status) => gc::status(ctx).await,
-        Command::Serve(_) => serve::run(ctx).await,
+        Command::Serve(a) => serve::run(ctx, &a).await,
         Command::Demo => demo::run(ctx).await,
         // Handled in `run` before any node starts.
         Command::Log(_) => Err(Error::internal("log commands run without a node")),

@@ -35,6 +35,23 @@ pub struct ServeArgs {
     /// How long a copy task of a shard this node does not serve must wait (e.g. 2s).
     #[arg(long, value_name = "DURATION")]
     pub placement_delay: Option<String>,
+    /// Serve Prometheus/OpenMetrics metrics on `http://ADDR/metrics` (e.g. 127.0.0.1:9464;
+    /// port 0 picks a free one, shown in the "serving" line).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+}
+
+/// Start the metrics endpoint when `--metrics-addr` asks for one; the bound address.
+async fn start_metrics(
+    args: &ServeArgs,
+    client: &snapvault::Client,
+) -> Result<Option<(String, tokio::task::JoinHandle<()>)>, Error> {
+    let Some(addr) = &args.metrics_addr else {
+        return Ok(None);
+    };
+    let (bound, task) = snapvault::metrics_http::serve_metrics(addr, client.clone()).await?;
+    tracing::info!(%bound, "metrics at http://{bound}/metrics");
+    Ok(Some((bound.to_string(), task)))
 }
 
 /// Longest claim TTL `serve` accepts.
@@ -86,6 +103,14 @@ impl ServeArgs {
         }
         if let Some(ms) = duration("--placement-delay", &self.placement_delay, 0, 3_600_000)? {
             work.placement_delay_ms = ms;
+        }
+        if let Some(addr) = &self.metrics_addr
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(Error::invalid_argument(format!(
+                "--metrics-addr must be IP:PORT like 127.0.0.1:9464, got '{}'",
+                addr.escape_debug()
+            )));
         }
         // Renewals happen on reconcile ticks: a claim must outlive several of them.
         if work.reconcile_ms.saturating_mul(3) > work.claim_ttl_ms {
@@ -148,25 +173,40 @@ struct Status<'a> {
     status: &'static str,
     data: &'a str,
     pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<String>,
 }
 
-pub async fn run(ctx: &Ctx) -> Result<(), Error> {
+pub async fn run(ctx: &Ctx, args: &ServeArgs) -> Result<(), Error> {
     let data = ctx.data.display().to_string();
     // Listen before announcing readiness, so a signal sent right after the announcement is
     // never missed.
     let stop = stop_signal()?;
+    let metrics = match &ctx.client {
+        super::backend::Backend::Local(client) => start_metrics(args, client).await?,
+        super::backend::Backend::Remote(_) => None,
+    };
     let serving = Status {
         status: "serving",
         data: &data,
         pid: std::process::id(),
+        metrics: metrics.as_ref().map(|(a, _)| format!("http://{a}/metrics")),
     };
     ctx.out.emit(&serving, || {
+        let metrics = serving
+            .metrics
+            .as_ref()
+            .map(|m| format!(", metrics at {m}"))
+            .unwrap_or_default();
         format!(
-            "snapvault serving {data} (pid {}); stop with Ctrl-C or SIGTERM",
+            "snapvault serving {data} (pid {}{metrics}); stop with Ctrl-C or SIGTERM",
             std::process::id()
         )
     })?;
     let signal = stop.await;
+    if let Some((_, task)) = metrics {
+        task.abort();
+    }
     tracing::info!(signal, "stopping: shutting the node down");
     Ok(())
 }
@@ -208,6 +248,8 @@ struct ServingNats<'a> {
     store: String,
     ops: Vec<String>,
     pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<String>,
 }
 
 /// `serve --nats URL`: the node (on `--log` and `--store`) plus the request/reply API as a
@@ -254,6 +296,7 @@ pub async fn run_service(
     super::host_ops::register(&mut ops);
     let op_names: Vec<String> = ops.names().map(str::to_string).collect();
     let client = node.client();
+    let metrics = start_metrics(serve_args, &client).await?;
     let service = service::start(
         nats.clone(),
         client.clone(),
@@ -285,14 +328,23 @@ pub async fn run_service(
         store: store_text,
         ops: op_names,
         pid: std::process::id(),
+        metrics: metrics.as_ref().map(|(a, _)| format!("http://{a}/metrics")),
     };
     out.emit(&serving, || {
+        let metrics = serving
+            .metrics
+            .as_ref()
+            .map(|m| format!(", metrics at {m}"))
+            .unwrap_or_default();
         format!(
-            "snapvault serving {} on {} (log {}, store {}, pid {}); stop with Ctrl-C or SIGTERM",
+            "snapvault serving {} on {} (log {}, store {}, pid {}{metrics}); stop with Ctrl-C or SIGTERM",
             serving.api, serving.nats, serving.log, serving.store, serving.pid
         )
     })?;
     let signal = stop.await;
+    if let Some((_, task)) = metrics {
+        task.abort();
+    }
     tracing::info!(
         signal,
         "stopping: draining requests, then shutting the node down"

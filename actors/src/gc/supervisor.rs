@@ -400,6 +400,7 @@ impl SweeperState {
         let mut rx = self.shared.applied_tx.subscribe();
         let shared = self.shared.clone();
         let stopped = move || shared.stopped().map(|s| s.to_string());
+        let started = tokio::time::Instant::now();
         let report = self
             .ctx
             .cycle(
@@ -413,7 +414,37 @@ impl SweeperState {
         if let Some(c) = claim {
             c.release().await;
         }
+        let metrics = self.ctx.snapshots.registry.metrics().clone();
+        let outcome = if report.is_ok() { "ok" } else { "failed" };
+        metrics
+            .gc_cycles
+            .get_or_create(&crate::metrics::label("outcome", outcome))
+            .inc();
+        metrics
+            .gc_cycle_seconds
+            .observe(started.elapsed().as_secs_f64());
         let report = report?;
+        if !report.dry_run {
+            for (c, a) in &report.reclaimed {
+                let category = crate::metrics::label("category", c.as_str());
+                metrics
+                    .gc_reclaimed_objects
+                    .get_or_create(&category)
+                    .inc_by(a.objects);
+                metrics
+                    .gc_reclaimed_bytes
+                    .get_or_create(&category)
+                    .inc_by(a.bytes);
+            }
+            if report.reclaimed.values().any(|a| a.objects > 0) {
+                tracing::info!(
+                    objects = report.reclaimed.values().map(|a| a.objects).sum::<u64>(),
+                    bytes = report.reclaimed.values().map(|a| a.bytes).sum::<u64>(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "gc cycle reclaimed"
+                );
+            }
+        }
         let mut st = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
         if !report.dry_run {
             for (c, a) in &report.reclaimed {

@@ -380,7 +380,10 @@ async fn copy_with_retries(
     let store = &*args.ctx.store;
     if args.check_existing {
         match store.head(&Path::from(item.dest.key.as_str())).await {
-            Ok(m) if m.size == item.dest.size => return Ok(true),
+            Ok(m) if m.size == item.dest.size => {
+                args.ctx.registry.metrics().restore_files_skipped.inc();
+                return Ok(true);
+            }
             _ => {}
         }
     }
@@ -409,8 +412,14 @@ async fn copy_with_retries(
         )
         .await
         {
-            Ok(()) => return Ok(false),
+            Ok(()) => {
+                let metrics = args.ctx.registry.metrics();
+                metrics.restore_bytes.inc_by(item.dest.size);
+                metrics.restore_files.inc();
+                return Ok(false);
+            }
             Err(CopyFailure::Transient(e)) if attempt < cfg.max_attempts_per_file => {
+                args.ctx.registry.metrics().restore_copy_retries.inc();
                 tracing::debug!(job = args.job_id, key = %item.source_key, attempt, error = %e, "copy will retry");
                 if stop.sleep(delay_ms).await {
                     return Err(CopyFailure::Stopped);

@@ -485,6 +485,17 @@ impl ManagerState {
         (r.is_ok(), still_holds(&r, held, now_ms, work, stream))
     }
 
+    /// What this node runs now, for the metrics (after every message).
+    fn publish_gauges(&self) {
+        let metrics = self.ctx.registry.metrics();
+        metrics
+            .restore_jobs_coordinated
+            .set(i64::try_from(self.jobs.len()).unwrap_or(i64::MAX));
+        metrics
+            .restore_tasks_running
+            .set(i64::try_from(self.tasks.len()).unwrap_or(i64::MAX));
+    }
+
     /// Find work in the index and claim what this node should run.
     async fn reconcile(&mut self, myself: &ActorRef<ManagerMsg>) {
         if self.shutting_down.is_some() {
@@ -634,6 +645,7 @@ impl ManagerState {
             TaskOutcome::Stopped => self.release_task(job, task, epoch).await,
             TaskOutcome::Lost => {}
             TaskOutcome::Retry(reason) => {
+                registry.metrics().restore_task_retries.inc();
                 let n = {
                     let n = self.retries.entry((job, task)).or_insert(0);
                     *n += 1;
@@ -772,6 +784,7 @@ impl Actor for RestoreManager {
                 s.maybe_done_shutting_down();
             }
         }
+        s.publish_gauges();
         Ok(())
     }
 
@@ -842,6 +855,7 @@ impl Actor for RestoreManager {
             },
             _ => {}
         }
+        s.publish_gauges();
         Ok(())
     }
 }

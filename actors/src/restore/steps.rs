@@ -475,7 +475,51 @@ pub async fn prepare(ctx: &RestoreContext, job: &RestoreJobState) -> Result<(), 
     }
     recorder.flush().await?;
     let totals = recorder.totals;
-    job_command(ctx, request.job_id, RestoreCommand::Start { totals }).await
+    job_command(ctx, request.job_id, RestoreCommand::Start { totals }).await?;
+    tracing::info!(
+        job = request.job_id,
+        target = %request.target_name,
+        tasks = totals.tasks,
+        files = totals.files,
+        bytes = totals.bytes,
+        "restore planned; copying"
+    );
+    Ok(())
+}
+
+/// Count and log a job this node ended.
+fn job_ended(ctx: &RestoreContext, job: &RestoreJobState, outcome: &str, objects_deleted: u64) {
+    ctx.registry
+        .metrics()
+        .restore_jobs
+        .get_or_create(&crate::metrics::label("outcome", outcome))
+        .inc();
+    let totals = job.totals.unwrap_or_default();
+    let took_ms = ctx.clock.now_ms().saturating_sub(job.requested_ms);
+    let target = job
+        .request
+        .as_ref()
+        .map(|r| r.target_name.as_str())
+        .unwrap_or_default();
+    match outcome {
+        "completed" => tracing::info!(
+            job = job.job_id(),
+            target,
+            files = totals.files,
+            bytes = totals.bytes,
+            took_ms,
+            "restore completed"
+        ),
+        _ => tracing::info!(
+            job = job.job_id(),
+            target,
+            outcome,
+            reason = job.failure.as_deref().unwrap_or(""),
+            objects_deleted,
+            took_ms,
+            "restore rolled back"
+        ),
+    }
 }
 
 async fn task_state(ctx: &RestoreContext, job: u64, task: u32) -> Result<CopyTaskState, Error> {
@@ -507,7 +551,9 @@ pub async fn commit(ctx: &RestoreContext, job: &RestoreJobState) -> Result<(), E
         // A crash (or a transient error) after the target became Ready: only the lease and
         // the job's end are left. The user may even have dropped the target since.
         release_lease(ctx, request.snapshot_id, request.job_id).await?;
-        return job_command(ctx, request.job_id, RestoreCommand::Complete).await;
+        job_command(ctx, request.job_id, RestoreCommand::Complete).await?;
+        job_ended(ctx, job, "completed", 0);
+        return Ok(());
     }
     for summary in &job.tasks {
         let task = task_state(ctx, request.job_id, summary.task).await?;
@@ -548,7 +594,9 @@ pub async fn commit(ctx: &RestoreContext, job: &RestoreJobState) -> Result<(), E
         .await?;
     crash_point("restore.after_target_ready");
     release_lease(ctx, request.snapshot_id, request.job_id).await?;
-    job_command(ctx, request.job_id, RestoreCommand::Complete).await
+    job_command(ctx, request.job_id, RestoreCommand::Complete).await?;
+    job_ended(ctx, job, "completed", 0);
+    Ok(())
 }
 
 async fn stage(
@@ -615,7 +663,10 @@ pub async fn rollback(ctx: &RestoreContext, job: &RestoreJobState) -> Result<(),
             objects_deleted: deleted,
         },
     )
-    .await
+    .await?;
+    let outcome = if job.cancelled { "cancelled" } else { "failed" };
+    job_ended(ctx, job, outcome, deleted);
+    Ok(())
 }
 
 /// Is the snapshot still restorable (Committed)? For a clear error before anything is done.

@@ -264,6 +264,8 @@ impl SnapshotWorker {
     /// timeout. Safe to run again, and to run twice at once.
     pub async fn run_create(&self, id: SnapshotId) -> Result<SnapshotState, Error> {
         let mut delay_ms = self.config.retry_initial_ms.max(1);
+        let started = tokio::time::Instant::now();
+        let metrics = self.registry.metrics().clone();
         loop {
             let s = self.state(id).await?;
             match s.status {
@@ -281,6 +283,19 @@ impl SnapshotWorker {
                 Ok(commit) => {
                     crash_point("snapshot.before_commit");
                     self.command(id, commit).await?;
+                    metrics.snapshot_op("create", "committed", started.elapsed());
+                    let (collection, name) = s
+                        .identity
+                        .as_ref()
+                        .map(|i| (i.collection_name.as_str(), i.name.as_str()))
+                        .unwrap_or_default();
+                    tracing::info!(
+                        snapshot = id,
+                        collection,
+                        name,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "snapshot committed"
+                    );
                 }
                 Err(e) if !is_transient(&e) || now_ms >= s.deadline_ms => {
                     let reason = if is_transient(&e) {
@@ -290,6 +305,7 @@ impl SnapshotWorker {
                     };
                     tracing::warn!(snapshot = id, %reason, "snapshot create failed");
                     self.command(id, SnapshotCommand::Fail { reason }).await?;
+                    metrics.snapshot_op("create", "failed", started.elapsed());
                 }
                 Err(e) => {
                     tracing::info!(snapshot = id, error = %e, delay_ms, "snapshot create will retry");
@@ -418,6 +434,7 @@ impl SnapshotWorker {
     /// Finish a drop: release the pin, delete the manifests, mark Deleted. Safe to repeat.
     pub async fn run_delete(&self, id: SnapshotId) -> Result<SnapshotState, Error> {
         let mut delay_ms = self.config.retry_initial_ms.max(1);
+        let started = tokio::time::Instant::now();
         loop {
             let s = self.state(id).await?;
             match s.status {
@@ -426,7 +443,17 @@ impl SnapshotWorker {
                 None => return Err(Error::not_found(format!("snapshot {id} not found"))),
             }
             match self.delete_objects(&s).await {
-                Ok(()) => self.command(id, SnapshotCommand::MarkDeleted).await?,
+                Ok(()) => {
+                    self.command(id, SnapshotCommand::MarkDeleted).await?;
+                    self.registry
+                        .metrics()
+                        .snapshot_op("drop", "deleted", started.elapsed());
+                    tracing::info!(
+                        snapshot = id,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "snapshot dropped"
+                    );
+                }
                 Err(e) if is_transient(&e) => {
                     tracing::info!(snapshot = id, error = %e, delay_ms, "snapshot delete will retry");
                     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
