@@ -33,7 +33,10 @@ fn main() -> ExitCode {
     }
     let json = cli::json_requested();
     let result = cli::parse().and_then(|args| {
-        cli::init_tracing(matches!(args.command, cli::Command::Serve(_)));
+        cli::init_tracing(
+            matches!(args.command, cli::Command::Serve(_)),
+            args.log_format,
+        );
         cli::run(args)
     });
     match result {

@@ -474,3 +474,59 @@ fn a_failing_restore_wait_is_one_error_line() {
     assert!(stderr.starts_with("error["), "{stderr}");
     assert!(stderr.contains(&key), "the failure names the key: {stderr}");
 }
+
+/// `RUST_LOG=info restore start --wait` logs the job's lifecycle — a few lines, no colour
+/// codes in a file, each naming the job — and none of sled's; `--log-format json` gives the
+/// same lines as JSON objects.
+#[test]
+fn an_info_log_of_a_restore_is_a_few_lines_each_with_the_job_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["collection", "create", "c1"]);
+    ok(
+        d,
+        &[
+            "ingest",
+            "c1",
+            "--segments",
+            "12",
+            "--files",
+            "2",
+            "--size",
+            "500",
+        ],
+    );
+    ok(d, &["snapshot", "create", "c1", "s1"]);
+    for (target, format) in [("r1", "text"), ("r2", "json")] {
+        let out = Command::new(BIN)
+            .arg("--data")
+            .arg(d)
+            .args(["--log-format", format, "--json"])
+            .args(["restore", "start", "c1", "s1", target, "--wait"])
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("run snapvault");
+        assert!(out.status.success(), "{out:?}");
+        let result: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
+        let job = result["job_id"].as_u64().expect("job id");
+        let log = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = log.lines().collect();
+        assert!(
+            (2..=10).contains(&lines.len()),
+            "{} lines:\n{log}",
+            lines.len()
+        );
+        assert!(!log.contains('\u{1b}'), "colour codes in a file:\n{log}");
+        assert!(!log.contains("sled"), "sled's lines at info:\n{log}");
+        for line in &lines {
+            match format {
+                "json" => {
+                    let v: Value = serde_json::from_str(line).expect("one JSON object per line");
+                    assert_eq!(v["fields"]["job"].as_u64(), Some(job), "{line}");
+                }
+                _ => assert!(line.contains(&format!("job={job}")), "{line}"),
+            }
+        }
+        assert!(log.contains("restore completed"), "{log}");
+    }
+}

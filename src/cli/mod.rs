@@ -51,6 +51,18 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Log lines on stderr as text (default) or one JSON object per line, for log shippers.
+    /// Which lines: `RUST_LOG` (default: errors only; warnings too for `serve`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "SNAPVAULT_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
     /// NATS: remote mode, `serve` on NATS, the JetStream log, the S3 store.
     #[command(flatten)]
     pub nats: nats_args::NatsArgs,
@@ -348,26 +360,70 @@ pub fn json_requested() -> bool {
         .any(|a| a == "--json")
 }
 
-/// Tracing to stderr, filtered by `RUST_LOG`, so stdout stays the result. By default a
-/// one-shot command logs errors only — its outcome is its one result or error line — and
-/// `serve` logs warnings too; async-nats is off either way. Colour only on a terminal, so a
-/// log written to a file carries no escape codes.
-pub fn init_tracing(serving: bool) {
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Libraries whose own lines stay at `warn` unless `RUST_LOG` names them: at `info` or
+/// `debug` they would drown snapvault's lines (sled alone writes hundreds per restore).
+const QUIET_DEPENDENCIES: &[&str] = &[
+    "sled",
+    "object_store",
+    "reqwest",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "tower",
+    "ractor",
+];
+
+/// The filter: `RUST_LOG` (or the default), with every dependency it does not name kept at
+/// `warn` and async-nats off (the CLI reports NATS trouble as its one error line;
+/// `RUST_LOG=async_nats=warn` shows it).
+pub fn log_filter(rust_log: Option<&str>, serving: bool) -> String {
+    let base = rust_log.map(str::trim).filter(|s| !s.is_empty());
+    let mut directives = vec![
+        base.unwrap_or(if serving { "warn" } else { "error" })
+            .to_string(),
+    ];
+    let named = |dep: &str| base.is_some_and(|b| b.split(',').any(|d| d.trim().starts_with(dep)));
+    for dep in QUIET_DEPENDENCIES {
+        if !named(dep) {
+            directives.push(format!("{dep}=warn"));
+        }
+    }
+    if !named("async_nats") {
+        directives.push("async_nats=off".to_string());
+    }
+    directives.join(",")
+}
+
+/// Tracing to stderr, filtered by `RUST_LOG` ([`log_filter`]), so stdout stays the result.
+/// By default a one-shot command logs errors only — its outcome is its one result or error
+/// line — and `serve` logs warnings too. Colour only on a terminal, so a log written to a
+/// file carries no escape codes; `--log-format json` writes one JSON object per line.
+pub fn init_tracing(serving: bool, format: LogFormat) {
     use std::io::IsTerminal;
-    let default = if serving {
-        "warn,async_nats=off"
-    } else {
-        "error,async_nats=off"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // async-nats logs connection trouble itself; the CLI reports it as its one error
-        // line, so by default the client library stays quiet (RUST_LOG=async_nats=warn shows it).
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(rust_log.as_deref(), serving))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(None, serving)));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// Run a parsed command to completion.
@@ -685,5 +741,27 @@ mod tests {
             let e = parse_segment_ids(bad).err().map(|e| e.code);
             assert_eq!(e, Some(snapvault::ErrorCode::InvalidArgument), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    use super::log_filter;
+
+    #[test]
+    fn dependencies_stay_at_warn_unless_named() {
+        let f = log_filter(Some("info"), false);
+        assert!(f.starts_with("info,"), "{f}");
+        assert!(
+            f.contains("sled=warn") && f.contains("async_nats=off"),
+            "{f}"
+        );
+        let f = log_filter(Some("info,sled=debug"), false);
+        assert!(!f.contains("sled=warn"), "{f}");
+        assert_eq!(log_filter(None, true).split(',').next(), Some("warn"));
+        assert_eq!(
+            log_filter(Some("  "), false).split(',').next(),
+            Some("error")
+        );
     }
 }

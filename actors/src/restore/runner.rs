@@ -286,6 +286,19 @@ impl Actor for JobRunner {
         args: RunnerArgs,
     ) -> Result<RunnerState, ActorProcessingErr> {
         myself.send_message(RunnerMsg::Advance)?;
+        // The job's first coordinator starts it; any later one took it over (a node died or
+        // gave it up): one line either way, with the node, so a failover shows in the logs.
+        tracing::info!(
+            job = args.job_id,
+            node = %args.ctx.work.node_id,
+            epoch = args.epoch,
+            "{}",
+            if args.epoch <= 1 {
+                "restore started"
+            } else {
+                "restore taken over by this node"
+            }
+        );
         let backoff_ms = args.ctx.config.retry_initial_ms.max(1);
         let ctx = RestoreContext {
             coordinator_epoch: Some(args.epoch),

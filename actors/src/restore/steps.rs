@@ -499,12 +499,12 @@ fn job_ended(ctx: &RestoreContext, job: &RestoreJobState, outcome: &str, objects
     let target = job
         .request
         .as_ref()
-        .map(|r| r.target_name.as_str())
+        .map(|r| r.target_name.clone())
         .unwrap_or_default();
     match outcome {
         "completed" => tracing::info!(
             job = job.job_id(),
-            target,
+            %target,
             files = totals.files,
             bytes = totals.bytes,
             took_ms,
@@ -512,7 +512,7 @@ fn job_ended(ctx: &RestoreContext, job: &RestoreJobState, outcome: &str, objects
         ),
         _ => tracing::info!(
             job = job.job_id(),
-            target,
+            %target,
             outcome,
             reason = job.failure.as_deref().unwrap_or(""),
             objects_deleted,
