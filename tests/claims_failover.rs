@@ -702,7 +702,7 @@ fn a_node_started_mid_restore_start_never_touches_that_restore() {
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0]["status"], "completed", "{jobs:?}");
     let cols = remote.json(&["collection", "list"]);
-    let names: Vec<&str> = cols
+    let names: Vec<&str> = cols["collections"]
         .as_array()
         .expect("collections")
         .iter()

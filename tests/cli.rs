@@ -371,7 +371,7 @@ fn demo_runs_on_a_fresh_directory_and_again() {
     assert_eq!(report["gc"]["restored_files_verified"], 8);
     let list = json(d, &["collection", "list"]);
     assert_eq!(
-        list.as_array().map(Vec::len),
+        list["collections"].as_array().map(Vec::len),
         Some(4),
         "each run makes its own collection and its restored copy"
     );

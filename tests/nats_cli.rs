@@ -266,7 +266,7 @@ fn snapshot_then_gc_over_nats_with_the_jetstream_log_and_the_s3_store() {
     // The log and the data outlive the node: a new one on the same JetStream and bucket.
     let serve = Serve::start(&nats.url(), data.path(), &store);
     let list = json(&url, &["collection", "list"]);
-    assert_eq!(list[0]["name"], "c1");
+    assert_eq!(list["collections"][0]["name"], "c1");
     assert!(serve.terminate().success());
 }
 
@@ -327,7 +327,7 @@ fn credentials_reach_the_server_and_a_wrong_one_is_one_clear_line() {
         &["--nats-token", "s3cret", "collection", "create", "c1"],
     );
     let list = json(&url, &["--nats-token", "s3cret", "collection", "list"]);
-    assert_eq!(list[0]["name"], "c1");
+    assert_eq!(list["collections"][0]["name"], "c1");
     let out = cli(&url, &["--nats-token", "wrong", "collection", "list"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);

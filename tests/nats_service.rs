@@ -254,23 +254,98 @@ async fn bad_payloads_get_structured_errors_and_the_service_keeps_serving() {
         Some("invalid_argument")
     );
 
-    // It is a NATS micro service.
-    for verb in ["PING", "INFO", "STATS"] {
-        let msg = nats
-            .request(format!("$SRV.{verb}.snapvault"), Bytes::new())
-            .await
-            .unwrap_or_else(|e| panic!("$SRV.{verb}: {e}"));
-        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        assert_eq!(v["name"], "snapvault", "{verb}: {v}");
-        if verb == "INFO" {
-            let subjects: Vec<String> = v["endpoints"]
-                .as_array()
-                .unwrap()
+    // It is a NATS micro service: async-nats's own micro types read every verb on each of
+    // its subject forms, every reply has the schema's fields, and STATS counted the 11 error
+    // replies above (8 bad payloads, 2 domain errors, 1 bad request id) among 13 requests.
+    let id = served.service.id().to_string();
+    for suffix in [
+        String::new(),
+        ".snapvault".into(),
+        format!(".snapvault.{id}"),
+    ] {
+        let ask = |verb: &str| {
+            let subject = format!("$SRV.{verb}{suffix}");
+            let nats = nats.clone();
+            async move {
+                let msg = nats
+                    .request(subject.clone(), Bytes::new())
+                    .await
+                    .unwrap_or_else(|e| panic!("{subject}: {e}"));
+                serde_json::from_slice::<serde_json::Value>(&msg.payload).unwrap()
+            }
+        };
+        let ping = ask("PING").await;
+        let p: async_nats::service::PingResponse = serde_json::from_value(ping.clone()).unwrap();
+        assert_eq!(
+            (p.kind.as_str(), p.name.as_str(), p.id.as_str()),
+            ("io.nats.micro.v1.ping_response", "snapvault", id.as_str())
+        );
+        let info = ask("INFO").await;
+        let i: async_nats::service::Info = serde_json::from_value(info.clone()).unwrap();
+        assert_eq!(i.kind, "io.nats.micro.v1.info_response");
+        assert!(
+            i.endpoints
                 .iter()
-                .map(|e| e["subject"].as_str().unwrap_or_default().to_string())
-                .collect();
-            assert!(subjects.contains(&"bp.api.v1.snapshot.describe".to_string()));
+                .any(|e| e.subject == "bp.api.v1.snapshot.describe" && e.queue_group == "q"),
+            "{info}"
+        );
+        let stats = ask("STATS").await;
+        let st: async_nats::service::Stats = serde_json::from_value(stats.clone()).unwrap();
+        assert_eq!(st.kind, "io.nats.micro.v1.stats_response");
+        for (v, keys) in [
+            (&ping, &["type", "name", "id", "version", "metadata"][..]),
+            (
+                &info,
+                &[
+                    "type",
+                    "name",
+                    "id",
+                    "version",
+                    "metadata",
+                    "description",
+                    "endpoints",
+                ],
+            ),
+            (
+                &stats,
+                &[
+                    "type",
+                    "name",
+                    "id",
+                    "version",
+                    "metadata",
+                    "started",
+                    "endpoints",
+                ],
+            ),
+        ] {
+            for k in keys {
+                assert!(v.get(*k).is_some(), "{k} missing: {v}");
+            }
         }
+        let errors: usize = st.endpoints.iter().map(|e| e.errors).sum();
+        let requests: usize = st.endpoints.iter().map(|e| e.requests).sum();
+        assert_eq!((errors, requests), (11, 13), "{stats}");
+        let describe = st
+            .endpoints
+            .iter()
+            .find(|e| e.name == "collection_describe")
+            .unwrap();
+        assert_eq!((describe.requests, describe.errors), (2, 1));
+        let unknown = st
+            .endpoints
+            .iter()
+            .find(|e| e.name == "unknown_op")
+            .unwrap();
+        assert_eq!((unknown.requests, unknown.errors), (1, 1));
+        let last = stats["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "collection_describe")
+            .unwrap()["last_error"]
+            .clone();
+        assert_eq!(last, "not_found: collection 'nope' not found", "{stats}");
     }
     served.stop().await;
 }

@@ -61,7 +61,7 @@ fn segments(data: &Path) -> Result<u64, (Option<i32>, String)> {
         return Err((out.status.code(), stderr));
     }
     let v: Value = serde_json::from_slice(&out.stdout).expect("collection list JSON");
-    let list = v.as_array().cloned().unwrap_or_default();
+    let list = v["collections"].as_array().cloned().unwrap_or_default();
     Ok(list
         .iter()
         .map(|c| c["segments"].as_u64().unwrap_or(0))

@@ -5,6 +5,7 @@ use super::{CreateArgs, Ctx};
 use serde::Serialize;
 use snapvault::Error;
 use snapvault::client::CreateCollectionRequest;
+use snapvault::nats::ops::collection::Collections;
 use snapvault::views::{CollectionSummary, CollectionView};
 use std::collections::BTreeMap;
 
@@ -64,7 +65,9 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), Error> {
 
 pub async fn list(ctx: &Ctx) -> Result<(), Error> {
     let list = ctx.client.list_collections().await?;
-    ctx.out.emit(&list, || render_list(&list))
+    // `{collections: [...]}`, the same shape as the NATS op `collection.list`.
+    let listing = Collections { collections: list };
+    ctx.out.emit(&listing, || render_list(&listing.collections))
 }
 
 fn render_list(list: &[CollectionSummary]) -> String {

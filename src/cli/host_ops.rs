@@ -18,9 +18,15 @@ pub struct HostIngest {
     pub segments: u64,
     pub files: usize,
     pub size: u64,
+    /// `_default` when missing, as `ingest` without `--partition`.
+    #[serde(default = "default_partition")]
     pub partition: String,
     #[serde(default)]
     pub shard: Option<u32>,
+}
+
+fn default_partition() -> String {
+    snapvault_events::domain::collection::DEFAULT_PARTITION.to_string()
 }
 
 impl HostIngest {

@@ -269,6 +269,7 @@ pub async fn run_service(
     let stop = stop_signal()?;
     let mut config = args.node_config(data)?;
     config.work = serve_args.work(config.work.clone(), jetstream_log(&config))?;
+    let node_id = config.work.node_id.clone();
     let store_text = match &config.store {
         snapvault::StoreConfig::Local { root } => format!("file://{}", root.display()),
         snapvault::StoreConfig::S3(s3) => format!("s3://{}", s3.bucket),
@@ -304,6 +305,8 @@ pub async fn run_service(
         memory,
         ServiceConfig {
             prefix: args.prefix.clone(),
+            // In every $SRV reply, so an operator tells the nodes apart.
+            metadata: std::collections::BTreeMap::from([("node_id".to_string(), node_id)]),
             ..Default::default()
         },
     )

@@ -21,8 +21,15 @@
 //! every 30 s, so publishing resumes by itself once the log is repaired.
 //!
 //! The `ids` stream (id-block reservations) is bookkeeping, not a domain event, and is not
-//! published. A stream `<kind>-<id>` goes to `<kind>.<id>`; a singleton stream (`catalog`,
-//! `gc`) to `<kind>._`.
+//! published. Subjects are stable per kind, one token per part of the stream name, so a
+//! wildcard per kind matches every entity of it: `collection-7` → `collection.7`,
+//! `copytask-12-0` → `copytask.12.0` (`copytask.>` and `copytask.12.>` work), a singleton
+//! stream (`catalog`, `gc`) → `<kind>._`.
+//!
+//! The body's `event` is always a JSON-style object, `{"<EventType>": {fields}}` (serde's
+//! externally tagged form): an event without fields, such as a collection's `Dropped`, is
+//! `{"Dropped": {}}`, not the bare string msgpack carries, so a consumer reads every event the
+//! same way.
 
 use super::wire;
 use bytes::Bytes;
@@ -70,7 +77,8 @@ pub struct PublishedEvent {
     pub time_ms: u64,
     pub correlation_id: u64,
     pub causation_id: u64,
-    /// The domain event itself, decoded from its payload.
+    /// The domain event itself, decoded from its payload: always an object
+    /// `{"<EventType>": {fields}}` (`null` only for a payload that does not decode).
     pub event: serde_json::Value,
 }
 
@@ -81,11 +89,34 @@ struct Checkpoint {
     version: u64,
 }
 
-/// `collection-7` → (`collection`, `7`); `catalog` → (`catalog`, `_`).
+/// The subject tokens of a stream: the kind (before the first `-`) and the id (the other
+/// `-`-separated parts, joined by `.`, so each is its own subject token).
+/// `collection-7` → (`collection`, `7`); `copytask-12-0` → (`copytask`, `12.0`);
+/// `catalog` → (`catalog`, `_`). A name that does not split cleanly (an empty part, a
+/// character outside `[A-Za-z0-9_-]`) is one token (`stream_token`) with id `_`.
 pub fn kind_and_id(stream: &str) -> (String, String) {
-    match stream.rsplit_once('-') {
-        Some((k, id)) if !k.is_empty() && !id.is_empty() => (stream_token(k), stream_token(id)),
-        _ => (stream_token(stream), "_".to_string()),
+    let mut parts = stream.split('-');
+    let kind = parts.next().unwrap_or_default();
+    let id: Vec<&str> = parts.collect();
+    let clean =
+        |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if id.is_empty() || !clean(kind) || !id.iter().all(|t| clean(t)) {
+        return (stream_token(stream), "_".to_string());
+    }
+    (kind.to_string(), id.join("."))
+}
+
+/// The published form of a decoded event: always an object. Serde's externally tagged enums
+/// give `{"Variant": {fields}}` for variants with fields but a bare `"Variant"` string for
+/// one without; that becomes `{"Variant": {}}`.
+pub fn event_object(event: serde_json::Value) -> serde_json::Value {
+    match event {
+        serde_json::Value::String(variant) => {
+            let mut m = serde_json::Map::new();
+            m.insert(variant, serde_json::Value::Object(serde_json::Map::new()));
+            serde_json::Value::Object(m)
+        }
+        other => other,
     }
 }
 
@@ -189,10 +220,13 @@ fn message(
     env: &Envelope,
 ) -> Result<(String, async_nats::HeaderMap, Vec<u8>), String> {
     let (kind, id) = kind_and_id(&env.stream);
-    let event: serde_json::Value = rmp_serde::from_slice(&env.payload).unwrap_or_else(|e| {
-        tracing::warn!(position = env.position, error = %e, "event publisher: payload not decodable; published without it");
-        serde_json::Value::Null
-    });
+    let event: serde_json::Value = match rmp_serde::from_slice(&env.payload) {
+        Ok(v) => event_object(v),
+        Err(e) => {
+            tracing::warn!(position = env.position, error = %e, "event publisher: payload not decodable; published without it");
+            serde_json::Value::Null
+        }
+    };
     let body = PublishedEvent {
         stream: env.stream.clone(),
         kind: kind.clone(),
@@ -361,9 +395,45 @@ mod tests {
             "sv.events.v1.snapshot.12"
         );
         assert_eq!(event_subject("sv", "catalog"), "sv.events.v1.catalog._");
+        assert_eq!(event_subject("sv", "gc"), "sv.events.v1.gc._");
+        assert_eq!(event_subject("sv", "gc-claim"), "sv.events.v1.gc.claim");
+        // Every part of a copy task's stream is its own token, so `copytask.>` matches.
+        let task = snapvault_events::domain::restore::copy_task_stream(12, 0);
+        assert_eq!(event_subject("sv", &task), "sv.events.v1.copytask.12.0");
+        assert_eq!(kind_and_id(&task), ("copytask".into(), "12.0".into()));
         assert_eq!(
-            event_subject("sv", "copy-task-3"),
-            "sv.events.v1.copy-task.3"
+            event_subject("sv", &snapvault_events::domain::restore::restore_stream(12)),
+            "sv.events.v1.restore.12"
         );
+        // Names that do not split cleanly stay one token.
+        assert_eq!(event_subject("sv", "a--b"), "sv.events.v1.a--b._");
+        assert_eq!(event_subject("sv", "x.y-1"), "sv.events.v1.~782e792d31._");
+    }
+
+    #[test]
+    fn every_event_is_an_object() {
+        use snapvault_events::domain::collection::CollectionEvent;
+        let env = |event: &CollectionEvent| {
+            let new = snapvault_events::codec::encode(event).unwrap();
+            Envelope {
+                stream: "collection-7".into(),
+                version: 2,
+                position: 9,
+                event_type: new.event_type.clone(),
+                schema_version: new.schema_version,
+                time_ms: 0,
+                correlation_id: 0,
+                causation_id: 0,
+                payload: new.payload,
+                crc32c: 0,
+            }
+        };
+        let (subject, _, body) = message("sv", &env(&CollectionEvent::Dropped)).unwrap();
+        assert_eq!(subject, "sv.events.v1.collection.7");
+        let e: PublishedEvent = rmp_serde::from_slice(&body).unwrap();
+        assert_eq!(e.event, serde_json::json!({ "Dropped": {} }));
+        assert_eq!(e.event_type, "Dropped");
+        let other = serde_json::json!({ "PartitionDropped": { "name": "p" } });
+        assert_eq!(event_object(other.clone()), other);
     }
 }

@@ -113,8 +113,10 @@ impl RestoreStatus {
     }
 }
 
-/// How a restore runs.
+/// How a restore runs. A missing field takes its documented default (`Default` below), so a
+/// request with `options: {}` (or only some options) means what docs/nats-api.md says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RestoreOptions {
     /// Partitions (by name) to restore; empty means all of the snapshot's.
     pub partitions: Vec<String>,

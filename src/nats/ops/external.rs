@@ -14,7 +14,14 @@ use std::time::Duration;
 pub struct CreateExternal {
     pub collection: CreateCollectionRequest,
     pub source: String,
+    /// The spec's defaults when missing (as the CLI without `--external-spec`).
+    #[serde(default = "default_spec")]
     pub spec_json: String,
+}
+
+/// The spec of every default: Parquet, all columns, the default segment size.
+pub fn default_spec() -> String {
+    r#"{"format":"parquet"}"#.to_string()
 }
 
 /// `external.alter`.

@@ -134,4 +134,70 @@ mod tests {
         assert!(!valid_op_name("Bad.Name"));
         assert!(!valid_op_name("a..b"));
     }
+
+    /// Every optional request field of docs/nats-api.md may be left out, and then means its
+    /// documented default; in both formats.
+    #[test]
+    fn optional_request_fields_take_their_documented_defaults() {
+        use crate::restores::StartRestoreRequest;
+        use serde_json::json;
+        use snapvault_events::domain::restore::RestoreOptions;
+        fn decode<T: DeserializeOwned>(v: serde_json::Value) -> T {
+            let json: T = wire::decode(Format::Json, &serde_json::to_vec(&v).unwrap())
+                .unwrap_or_else(|e| panic!("{v}: {e}"));
+            let msgpack = rmp_serde::to_vec_named(&v).unwrap();
+            let _: T =
+                wire::decode(Format::MsgPack, &msgpack).unwrap_or_else(|e| panic!("{v}: {e}"));
+            json
+        }
+        let restore = json!({ "snapshot_collection": "c", "snapshot": "s", "target": "t" });
+        let mut with_empty = restore.clone();
+        with_empty["options"] = json!({});
+        let mut partial = restore.clone();
+        partial["options"] = json!({ "parallelism": 8 });
+        for v in [restore, with_empty] {
+            let r: StartRestoreRequest = decode(v);
+            assert_eq!(r.options, RestoreOptions::default());
+            assert_eq!(
+                (r.options.parallelism, r.options.verify_checksums),
+                (4, true)
+            );
+        }
+        let r: StartRestoreRequest = decode(partial);
+        assert_eq!(
+            r.options,
+            RestoreOptions {
+                parallelism: 8,
+                ..RestoreOptions::default()
+            }
+        );
+
+        let c: collection::CreateCollection = decode(json!({ "name": "c" }));
+        assert_eq!((c.shard_count, c.schema_json.as_str()), (1, ""));
+        let e: external::CreateExternal =
+            decode(json!({ "collection": { "name": "c" }, "source": "lake/t1/" }));
+        assert_eq!(e.collection.shard_count, 1);
+        assert_eq!(e.spec_json, external::default_spec());
+        let _: external::AlterExternal = decode(json!({ "collection": "c" }));
+        let w: external::TaskRef = decode(json!({ "task": 3 }));
+        assert_eq!(w.timeout_ms, None);
+        let s: snapshot::CreateSnapshot = decode(json!({ "collection": "c", "name": "s" }));
+        assert!(s.description.is_empty() && s.labels.is_empty());
+        let _: snapshot::ListSnapshots = decode(json!({}));
+        let _: restore::ListRestores = decode(json!({}));
+        let w: restore::WaitRestore = decode(json!({ "job": 1 }));
+        assert_eq!(w.timeout_ms, None);
+        let g: gc::Run = decode(json!({}));
+        assert_eq!(g, gc::Run::default());
+        let _: gc::Status = decode(json!({}));
+        let i: layout::CreateIndex =
+            decode(json!({ "collection": "c", "name": "i", "field": "f" }));
+        assert!(i.params_json.is_empty());
+        let f: layout::Flush = decode(json!({ "collection": "c", "segment_id": 1, "files": [] }));
+        assert_eq!((f.partition.as_str(), f.shard, f.rows), ("_default", 0, 0));
+        let c: layout::Compact = decode(
+            json!({ "collection": "c", "segment_ids": [1], "into_segment_id": 2, "files": [] }),
+        );
+        assert_eq!(c.rows, 0);
+    }
 }
