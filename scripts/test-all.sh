@@ -88,6 +88,10 @@ else
     cargo test --workspace
 fi
 
+# The embedding example (a ractor host owning a Node): built by clippy above, run here.
+step "example (cargo run --example embedded_host)"
+cargo run --quiet --example embedded_host
+
 step "simulation sweep (seeds $SIM_SEEDS, $SIM_STEPS steps)"
 rc=0
 cargo run -p snapvault-sim --release -- --seeds "$SIM_SEEDS" --steps "$SIM_STEPS" || rc=$?
