@@ -221,6 +221,8 @@ impl MotoServer {
         let log_file = std::fs::File::create(&log).expect("moto log file");
         let port = free_port();
         let mut child = Command::new(&binary)
+            // moto writes files of its own (its request recording) into its working directory.
+            .current_dir(dir.path())
             .arg("-H")
             .arg("127.0.0.1")
             .arg("-p")
