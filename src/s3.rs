@@ -224,12 +224,13 @@ pub fn open(c: &S3Config) -> Result<Arc<dyn ObjectStore>, Error> {
     let static_keys = c.access_key_id.is_some() || env("AWS_ACCESS_KEY_ID").is_some();
     let web_identity = env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some();
     let profile = read_profile()?.unwrap_or_default();
-    if !static_keys && !web_identity {
-        if let (Some(k), Some(s)) = (&profile.access_key_id, &profile.secret_access_key) {
-            b = b.with_access_key_id(k).with_secret_access_key(s);
-            if let Some(t) = &profile.session_token {
-                b = b.with_token(t);
-            }
+    if !static_keys
+        && !web_identity
+        && let (Some(k), Some(s)) = (&profile.access_key_id, &profile.secret_access_key)
+    {
+        b = b.with_access_key_id(k).with_secret_access_key(s);
+        if let Some(t) = &profile.session_token {
+            b = b.with_token(t);
         }
     }
     let region = c
