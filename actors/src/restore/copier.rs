@@ -103,7 +103,14 @@ pub async fn copy_file(
             got.meta.size, want.size
         )));
     }
-    if want.size <= limits.single_put_max_bytes {
+    // Under a bandwidth limit a single put moves at most one burst at once; bigger files
+    // stream and pay per chunk, which holds the rate to ±10% over any 5 s (`throttle.rs`).
+    let single_put_max_bytes = throttle
+        .largest_single_move()
+        .map_or(limits.single_put_max_bytes, |b| {
+            limits.single_put_max_bytes.min(b)
+        });
+    if want.size <= single_put_max_bytes {
         // One read of the whole object (the local store reads it in one go; a stream would
         // be many small blocking reads), then the checksum over it, then one put.
         throttle.take(want.size).await;
