@@ -328,6 +328,18 @@ impl ClaimAudit {
     }
 }
 
+impl ClaimAudit {
+    /// A unit whose claim is live at `now_ms`, and its epoch (for a planted bug).
+    pub fn live_unit(&self, now_ms: u64) -> Option<(String, u64)> {
+        self.units.iter().find_map(|(stream, t)| {
+            t.holder
+                .as_ref()
+                .filter(|h| h.deadline_ms > now_ms)
+                .map(|h| (stream.clone(), h.epoch))
+        })
+    }
+}
+
 /// The id of a `{prefix}{id}` stream.
 fn id_of(stream: &str, prefix: &str) -> Option<u64> {
     stream.strip_prefix(prefix)?.parse().ok()

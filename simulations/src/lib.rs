@@ -40,4 +40,4 @@ pub mod sim_store;
 pub mod trace;
 pub mod workload;
 
-pub use runner::{Failure, RunConfig, RunReport, run_seed};
+pub use runner::{Failure, Plant, RunConfig, RunReport, run_seed};

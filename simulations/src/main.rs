@@ -9,7 +9,7 @@
 //! at a time. A failing seed prints the one command that replays it.
 
 use clap::{ArgGroup, Parser};
-use snapvault_sim::{RunConfig, run_seed};
+use snapvault_sim::{Plant, RunConfig, run_seed};
 use std::collections::BTreeMap;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +43,14 @@ struct Args {
     /// their work from being done twice or left undone.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
     nodes: u32,
+    /// Plant a bug (`lose-object`, `forge-claim`) to show the checker catches it: the seed
+    /// must fail (single seed only).
+    #[arg(long, value_name = "BUG", value_parser = parse_plant, requires = "seed")]
+    plant: Option<Plant>,
+}
+
+fn parse_plant(s: &str) -> Result<Plant, String> {
+    Plant::parse(s).ok_or_else(|| format!("unknown bug '{s}': lose-object or forge-claim"))
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -78,13 +86,14 @@ fn init_tracing() {
     }
 }
 
-fn run_one(seed: u64, steps: u64, verbose: bool, nodes: u32) -> ExitCode {
+fn run_one(seed: u64, steps: u64, verbose: bool, nodes: u32, plant: Option<Plant>) -> ExitCode {
     let started = Instant::now();
     match run_seed(&RunConfig {
         seed,
         steps,
         verbose,
         nodes,
+        plant,
     }) {
         Ok(report) => {
             let secs = started.elapsed().as_secs_f64();
@@ -98,7 +107,12 @@ fn run_one(seed: u64, steps: u64, verbose: bool, nodes: u32) -> ExitCode {
         }
         Err(f) => {
             println!("{f}");
-            println!("replay: {}", f.replay_command());
+            let planted = plant.map(|p| format!(" --plant {}", p.name()));
+            println!(
+                "replay: {}{}",
+                f.replay_command(),
+                planted.unwrap_or_default()
+            );
             ExitCode::FAILURE
         }
     }
@@ -216,7 +230,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
     match (args.seed, args.seeds) {
-        (Some(seed), _) => run_one(seed, args.steps, args.verbose, args.nodes),
+        (Some(seed), _) => run_one(seed, args.steps, args.verbose, args.nodes, args.plant),
         (None, Some((a, b))) => sweep(a, b, args.steps, args.jobs, args.nodes),
         (None, None) => ExitCode::FAILURE,
     }

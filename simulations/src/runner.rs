@@ -42,10 +42,11 @@ use snapvault_actors::snapshot::Snapshot;
 use snapvault_actors::snapshot::worker::SnapshotConfig;
 use snapvault_actors::work::{Scope, WorkConfig};
 use snapvault_events::domain::catalog::CATALOG_STREAM;
+use snapvault_events::domain::claim::ClaimEvent;
 use snapvault_events::domain::collection::CollectionCommand;
 use snapvault_events::domain::collection_stream;
 use snapvault_events::domain::snapshot::{SnapshotCommand, SnapshotStatus, snapshot_stream};
-use snapvault_events::{Clock, ErrorCode, EventLog, MemoryLog};
+use snapvault_events::{Clock, ErrorCode, EventLog, MemoryLog, NewEvent};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -66,7 +67,42 @@ pub struct RunConfig {
     /// Nodes on the one simulated log and store (1: a single node whose crash drops the whole
     /// runtime; 2..=4: see `Sim::cluster`).
     pub nodes: u32,
+    /// A bug to plant on purpose, to show that the checker catches it (`--plant`).
+    pub plant: Option<Plant>,
 }
+
+/// Bugs the simulator can plant ([`RunConfig::plant`]): each is what a real bug would do to
+/// the log or the store, done behind the system's back once the run has work in flight. A
+/// run with a planted bug must fail; `simulations/tests/determinism.rs` checks that it does,
+/// naming the damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plant {
+    /// Delete an object the log says must stay (what a GC bug would do).
+    LoseObject,
+    /// Record a claim by another node on a unit whose claim is live (what a broken fence
+    /// would let through).
+    ForgeClaim,
+}
+
+impl Plant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::LoseObject => "lose-object",
+            Plant::ForgeClaim => "forge-claim",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Plant> {
+        match name {
+            "lose-object" => Some(Plant::LoseObject),
+            "forge-claim" => Some(Plant::ForgeClaim),
+            _ => None,
+        }
+    }
+}
+
+/// A planted bug waits for this many steps, so there is work for it to damage.
+const PLANT_AFTER_STEPS: u64 = 20;
 
 /// Everything a seed draws about how it will be run.
 #[derive(Debug, Clone)]
@@ -315,6 +351,8 @@ struct Sim {
     crashes: u64,
     graceful: u64,
     needs_recovery_check: bool,
+    /// The planted bug (`RunConfig::plant`) is in.
+    planted: bool,
     outcomes: BTreeMap<String, u64>,
 }
 
@@ -359,8 +397,60 @@ impl Sim {
             crashes: 0,
             graceful: 0,
             needs_recovery_check: false,
+            planted: false,
             outcomes: BTreeMap::new(),
         }
+    }
+
+    /// Plant `RunConfig::plant` once the run is past [`PLANT_AFTER_STEPS`] and there is
+    /// something for it to damage (else try again after the next step).
+    async fn maybe_plant(&mut self) -> Result<(), String> {
+        let Some(plant) = self.cfg.plant else {
+            return Ok(());
+        };
+        if self.planted || self.step < PLANT_AFTER_STEPS {
+            return Ok(());
+        }
+        self.checker
+            .ingest(self.log.inner(), &mut self.trace)
+            .await?;
+        let what = match plant {
+            Plant::LoseObject => {
+                let protected = self.checker.truth().protected_files();
+                let Some(key) = protected.keys().next().cloned() else {
+                    return Ok(());
+                };
+                object_store::ObjectStoreExt::delete(
+                    &**self.store.inner(),
+                    &object_store::path::Path::from(key.as_str()),
+                )
+                .await
+                .map_err(|e| format!("planting: cannot delete '{key}': {e}"))?;
+                format!("deleted object '{key}'")
+            }
+            Plant::ForgeClaim => {
+                let now_ms = self.clock.now_ms();
+                let Some((stream, epoch)) = self.checker.claims.live_unit(now_ms) else {
+                    return Ok(());
+                };
+                let forged = ClaimEvent::Claimed {
+                    node: "planted".to_string(),
+                    epoch: epoch + 1,
+                    deadline_ms: now_ms + 10_000,
+                    at_ms: now_ms,
+                };
+                let new = claim_event_for(&stream, forged)?;
+                self.log
+                    .inner()
+                    .append(&stream, snapvault_events::ExpectedVersion::Any, vec![new])
+                    .await
+                    .map_err(|e| format!("planting: cannot append to '{stream}': {e}"))?;
+                format!("forged a claim on '{stream}'")
+            }
+        };
+        self.planted = true;
+        self.note(format!("planted bug: {what}"));
+        Ok(())
     }
 
     fn note(&mut self, line: String) {
@@ -419,6 +509,7 @@ impl Sim {
         let client = node.client();
         if self.needs_recovery_check {
             self.note(format!("restarted (incarnation {})", self.crashes));
+            self.maybe_plant().await?;
             self.check(&client, false, false).await?;
             self.needs_recovery_check = false;
         }
@@ -450,6 +541,7 @@ impl Sim {
                 // Returning drops the runtime: whatever was still running dies mid-flight.
                 return Ok(false);
             }
+            self.maybe_plant().await?;
             self.check(&client, false, false).await?;
             let gap = self.workload_rng.range(0, self.swarm.mix.max_gap_ms);
             if gap > 0 {
@@ -559,6 +651,7 @@ impl Sim {
                 self.crashes += 1;
             }
             let client = members[0].node.client();
+            self.maybe_plant().await?;
             self.check(&client, false, false).await?;
             let gap = self.workload_rng.range(0, self.swarm.mix.max_gap_ms);
             if gap > 0 {
@@ -1271,4 +1364,25 @@ pub fn run_seed(cfg: &RunConfig) -> Result<RunReport, Failure> {
         outcomes: sim.outcomes.clone(),
         injected: sim.faults.injected(),
     })
+}
+
+/// A claim event encoded as the event type of `stream`'s kind (a forged claim, `Plant`).
+fn claim_event_for(stream: &str, claim: ClaimEvent) -> Result<NewEvent, String> {
+    use snapvault_events::codec::encode;
+    use snapvault_events::domain::external::ExternalTaskEvent;
+    use snapvault_events::domain::restore::{CopyTaskEvent, RestoreEvent};
+    let encoded = if stream.starts_with("copytask-") {
+        encode(&CopyTaskEvent::Claim(claim))
+    } else if stream.starts_with("restore-") {
+        encode(&RestoreEvent::Claim(claim))
+    } else if stream.starts_with("external-") {
+        encode(&ExternalTaskEvent::Claim(claim))
+    } else if stream.starts_with("snapshot-") {
+        encode(&snapvault_events::domain::snapshot::SnapshotEvent::Claim(
+            claim,
+        ))
+    } else {
+        encode(&claim)
+    };
+    encoded.map_err(|e| format!("planting: cannot encode a claim for '{stream}': {e}"))
 }

@@ -82,3 +82,32 @@ fn a_failing_seed_would_print_its_replay_command() {
         "cargo run -p snapvault-sim --release -- --seed 5 --steps 80 --nodes 3"
     );
 }
+
+/// Each bug the simulator can plant is caught: the seed fails, naming the damage (so the
+/// checker is known to look where it says it does).
+#[test]
+fn a_planted_bug_is_caught_by_the_checker() {
+    for (bug, nodes, expect) in [
+        ("lose-object", "1", "is missing from the store"),
+        ("forge-claim", "1", "claimed it at"),
+        ("forge-claim", "3", "claimed it at"),
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "--seed", "1", "--steps", "300", "--nodes", nodes, "--plant", bug,
+            ])
+            .output()
+            .expect("run the simulator");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{bug} was not caught:\n{stdout}");
+        assert!(stdout.contains("result=FAIL"), "{bug}:\n{stdout}");
+        assert!(
+            stdout.contains(expect),
+            "{bug}: expected '{expect}' in\n{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("--plant {bug}")),
+            "{bug}:\n{stdout}"
+        );
+    }
+}
