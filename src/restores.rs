@@ -335,12 +335,13 @@ impl Client {
         // Transient errors are retried here a few times, so that an `Ok` always means the
         // target name is this job's; past them the job goes on in the background (its
         // claim's runner retries the same idempotent steps) and the caller hears so.
-        let mut delay_ms = ctx.config.retry_initial_ms.max(1);
+        let mut backoff =
+            snapvault_events::Backoff::new(ctx.config.retry_initial_ms, ctx.config.retry_max_ms);
         let mut attempt = 1;
         loop {
             match self.reserve_target(&request, &meta).await {
                 Ok(()) => break,
-                Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict) => {
+                Err(e) if e.is_transient() => {
                     if attempt >= START_ATTEMPTS {
                         self.restores.adopt(job, self.still_held(held));
                         return Err(Error::unavailable(format!(
@@ -348,8 +349,8 @@ impl Client {
                             e.message
                         )));
                     }
-                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                    delay_ms = (delay_ms * 2).min(ctx.config.retry_max_ms.max(1));
+                    tokio::time::sleep(Duration::from_millis(backoff.current_ms())).await;
+                    backoff.grow();
                     attempt += 1;
                 }
                 Err(refused) => {

@@ -50,6 +50,12 @@ pub struct Error {
 }
 
 impl Error {
+    /// Worth retrying as it is: the log or the store was unreachable, or another writer moved
+    /// the stream first (the retry re-reads and decides again). Everything else is an answer.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.code, ErrorCode::Unavailable | ErrorCode::Conflict)
+    }
+
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Error {
             code,

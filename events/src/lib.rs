@@ -7,6 +7,7 @@
 //! - [`domain`]: commands and events of every entity.
 //! - [`clock`], [`ids`], [`validate`], [`error`]: the small pieces everything shares.
 
+pub mod backoff;
 pub mod clock;
 pub mod codec;
 pub mod conformance;
@@ -22,6 +23,7 @@ pub mod sled_repair;
 pub mod sled_watermark;
 pub mod validate;
 
+pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, TokioClock};
 pub use envelope::{Envelope, NewEvent};
 pub use error::{Error, ErrorCode, LogError};

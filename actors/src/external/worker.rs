@@ -306,7 +306,8 @@ impl ExternalWorker {
     /// nothing more.
     pub async fn run(&self, id: TaskId, epoch: u64) -> Result<ExternalTaskState, Error> {
         let mut attempt = 0u32;
-        let mut delay_ms = self.config.retry_initial_ms.max(1);
+        let mut backoff =
+            snapvault_events::Backoff::new(self.config.retry_initial_ms, self.config.retry_max_ms);
         loop {
             let t = self.task(id).await?;
             let Some(identity) = t.identity.clone() else {
@@ -331,9 +332,9 @@ impl ExternalWorker {
                         self.fail(&identity, identity.config.source.clone(), reason)
                             .await?
                     } else {
-                        tracing::info!(task = id, error = %e, delay_ms, "external task will retry");
-                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                        delay_ms = (delay_ms * 2).min(self.config.retry_max_ms.max(1));
+                        tracing::info!(task = id, error = %e, delay_ms = backoff.current_ms(), "external task will retry");
+                        tokio::time::sleep(Duration::from_millis(backoff.current_ms())).await;
+                        backoff.grow();
                         continue;
                     }
                 }

@@ -489,7 +489,8 @@ impl RefIndex {
             (Some("data"), Some(cid), _) => {
                 let cid: CollectionId = cid.parse().ok()?;
                 let c = self.collections.get(&cid)?;
-                (c.status == Some(CollectionStatus::Restoring)).then(|| format!("data/{cid}/"))
+                (c.status == Some(CollectionStatus::Restoring))
+                    .then(|| snapvault_events::domain::data_prefix(cid))
             }
             (Some("snapshots"), Some(_), Some(sid)) => {
                 let sid: SnapshotId = sid.parse().ok()?;
@@ -582,7 +583,7 @@ impl RefIndex {
         self.collections
             .iter()
             .filter(|(_, c)| c.dropped_while_restoring)
-            .map(|(id, _)| format!("data/{id}/"))
+            .map(|(id, _)| snapvault_events::domain::data_prefix(*id))
             .collect()
     }
 

@@ -27,9 +27,9 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use snapvault_events::ErrorCode;
 use snapvault_events::domain::JobId;
 use snapvault_events::domain::restore::{CopyTaskCommand, CopyTaskStatus, copy_task_stream};
-use snapvault_events::{Error, ErrorCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -322,10 +322,6 @@ impl Actor for CopyRunner {
     }
 }
 
-fn is_transient(e: &Error) -> bool {
-    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict)
-}
-
 /// Why a progress record did not land.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum RecordFailure {
@@ -345,7 +341,7 @@ async fn record(args: &CopyRunnerArgs, stream: &str, files: Vec<u32>) -> Result<
         return Ok(());
     }
     let cfg = &args.ctx.config;
-    let mut delay_ms = cfg.retry_initial_ms.max(1);
+    let mut backoff = snapvault_events::Backoff::new(cfg.retry_initial_ms, cfg.retry_max_ms);
     for attempt in 1..=cfg.max_attempts_per_file.max(1) {
         match args
             .ctx
@@ -364,9 +360,9 @@ async fn record(args: &CopyRunnerArgs, stream: &str, files: Vec<u32>) -> Result<
                 crash_point("restore.after_progress");
                 return Ok(());
             }
-            Err(e) if is_transient(&e) && attempt < cfg.max_attempts_per_file => {
-                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                delay_ms = (delay_ms * 2).min(cfg.retry_max_ms.max(1));
+            Err(e) if e.is_transient() && attempt < cfg.max_attempts_per_file => {
+                tokio::time::sleep(Duration::from_millis(backoff.current_ms())).await;
+                backoff.grow();
             }
             Err(e) if e.code == ErrorCode::FailedPrecondition => {
                 return Err(RecordFailure::Lost(e.message));
@@ -394,7 +390,7 @@ async fn copy_with_retries(
             _ => {}
         }
     }
-    let mut delay_ms = cfg.retry_initial_ms.max(1);
+    let mut backoff = snapvault_events::Backoff::new(cfg.retry_initial_ms, cfg.retry_max_ms);
     let mut attempt = 1;
     loop {
         let deadline_ms = args.claim_deadline_ms.load(Ordering::SeqCst);
@@ -428,10 +424,10 @@ async fn copy_with_retries(
             Err(CopyFailure::Transient(e)) if attempt < cfg.max_attempts_per_file => {
                 args.ctx.registry.metrics().restore_copy_retries.inc();
                 tracing::debug!(job = args.job_id, key = %item.source_key, attempt, error = %e, "copy will retry");
-                if stop.sleep(delay_ms).await {
+                if stop.sleep(backoff.current_ms()).await {
                     return Err(CopyFailure::Stopped);
                 }
-                delay_ms = (delay_ms * 2).min(cfg.retry_max_ms.max(1));
+                backoff.grow();
                 attempt += 1;
             }
             Err(f) => return Err(f),

@@ -28,13 +28,13 @@ use crate::restore::throttle::{Throttle, Throttles};
 use crate::restore::{CopyTask, RestoreJob};
 use crate::work::Scope;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use snapvault_events::Error;
 use snapvault_events::domain::JobId;
 use snapvault_events::domain::claim::{ClaimCommand, ClaimEvent};
 use snapvault_events::domain::restore::{
     CopyTaskCommand, CopyTaskEvent, CopyTaskStatus, RestoreCommand, RestoreEvent, RestoreStatus,
     copy_task_stream, restore_stream,
 };
-use snapvault_events::{Error, ErrorCode};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -168,10 +168,6 @@ pub struct ManagerState {
 
 pub struct RestoreManager;
 
-fn is_transient(e: &Error) -> bool {
-    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict)
-}
-
 fn claimed_epoch(events: impl IntoIterator<Item = Option<ClaimEvent>>) -> Option<Held> {
     events.into_iter().flatten().find_map(|e| match e {
         ClaimEvent::Claimed {
@@ -193,7 +189,9 @@ fn still_holds(
 ) -> bool {
     match r {
         Ok(()) => true,
-        Err(e) if is_transient(e) => held.deadline_ms.saturating_sub(now_ms) > work.stop_below_ms(),
+        Err(e) if e.is_transient() => {
+            held.deadline_ms.saturating_sub(now_ms) > work.stop_below_ms()
+        }
         Err(e) => {
             tracing::info!(unit = what, error = %e, "claim lost");
             false

@@ -60,10 +60,6 @@ pub struct RunnerState {
 
 pub struct JobRunner;
 
-fn is_transient(e: &Error) -> bool {
-    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict)
-}
-
 /// Another node coordinates the job now (this runner's epoch was fenced out).
 fn is_claim_lost(e: &Error) -> bool {
     e.code == ErrorCode::FailedPrecondition && e.message.starts_with("claim lost")
@@ -116,7 +112,7 @@ impl RunnerState {
                 self.stopped = true;
                 myself.stop(None);
             }
-            Err(e) if is_transient(&e) => {
+            Err(e) if e.is_transient() => {
                 tracing::info!(job = self.job_id, error = %e, "restore step will retry");
                 self.schedule_advance(myself);
             }
@@ -152,7 +148,7 @@ impl RunnerState {
                     )
                     .await;
                     if let Err(e) = r
-                        && is_transient(&e)
+                        && e.is_transient()
                     {
                         self.schedule_advance(myself);
                         return;
@@ -255,7 +251,7 @@ impl RunnerState {
                         self.stopped = true;
                         myself.stop(None);
                     }
-                    Err(e) if is_transient(&e) => {
+                    Err(e) if e.is_transient() => {
                         // A rollback never gives up: it is what leaves nothing behind.
                         tracing::info!(job = self.job_id, error = %e, "rollback will retry");
                         self.schedule_advance(myself);

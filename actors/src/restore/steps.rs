@@ -631,7 +631,7 @@ pub async fn rollback(ctx: &RestoreContext, job: &RestoreJobState) -> Result<(),
             request.job_id, request.target_name
         )));
     }
-    let prefix = format!("data/{}/", request.target_collection_id);
+    let prefix = snapvault_events::domain::data_prefix(request.target_collection_id);
     let keys: Vec<Path> = ctx
         .store
         .list(Some(&Path::from(prefix.trim_end_matches('/'))))

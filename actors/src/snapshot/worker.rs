@@ -63,9 +63,6 @@ pub struct SnapshotWorker {
 }
 
 /// A transient error is worth retrying: the store or the log was unreachable.
-fn is_transient(e: &Error) -> bool {
-    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Conflict)
-}
 
 fn store_error(key: &str, e: object_store::Error) -> Error {
     match e {
@@ -263,7 +260,8 @@ impl SnapshotWorker {
     /// Drive a create to its end: Committed, or Failed after a permanent error or the pending
     /// timeout. Safe to run again, and to run twice at once.
     pub async fn run_create(&self, id: SnapshotId) -> Result<SnapshotState, Error> {
-        let mut delay_ms = self.config.retry_initial_ms.max(1);
+        let mut backoff =
+            snapvault_events::Backoff::new(self.config.retry_initial_ms, self.config.retry_max_ms);
         let started = tokio::time::Instant::now();
         let metrics = self.registry.metrics().clone();
         loop {
@@ -297,8 +295,8 @@ impl SnapshotWorker {
                         "snapshot committed"
                     );
                 }
-                Err(e) if !is_transient(&e) || now_ms >= s.deadline_ms => {
-                    let reason = if is_transient(&e) {
+                Err(e) if !e.is_transient() || now_ms >= s.deadline_ms => {
+                    let reason = if e.is_transient() {
                         format!("gave up after the pending timeout: {e}")
                     } else {
                         e.to_string()
@@ -308,9 +306,9 @@ impl SnapshotWorker {
                     metrics.snapshot_op("create", "failed", started.elapsed());
                 }
                 Err(e) => {
-                    tracing::info!(snapshot = id, error = %e, delay_ms, "snapshot create will retry");
-                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                    delay_ms = (delay_ms * 2).min(self.config.retry_max_ms.max(1));
+                    tracing::info!(snapshot = id, error = %e, delay_ms = backoff.current_ms(), "snapshot create will retry");
+                    tokio::time::sleep(Duration::from_millis(backoff.current_ms())).await;
+                    backoff.grow();
                 }
             }
         }
@@ -433,7 +431,8 @@ impl SnapshotWorker {
 
     /// Finish a drop: release the pin, delete the manifests, mark Deleted. Safe to repeat.
     pub async fn run_delete(&self, id: SnapshotId) -> Result<SnapshotState, Error> {
-        let mut delay_ms = self.config.retry_initial_ms.max(1);
+        let mut backoff =
+            snapvault_events::Backoff::new(self.config.retry_initial_ms, self.config.retry_max_ms);
         let started = tokio::time::Instant::now();
         loop {
             let s = self.state(id).await?;
@@ -454,10 +453,10 @@ impl SnapshotWorker {
                         "snapshot dropped"
                     );
                 }
-                Err(e) if is_transient(&e) => {
-                    tracing::info!(snapshot = id, error = %e, delay_ms, "snapshot delete will retry");
-                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                    delay_ms = (delay_ms * 2).min(self.config.retry_max_ms.max(1));
+                Err(e) if e.is_transient() => {
+                    tracing::info!(snapshot = id, error = %e, delay_ms = backoff.current_ms(), "snapshot delete will retry");
+                    tokio::time::sleep(Duration::from_millis(backoff.current_ms())).await;
+                    backoff.grow();
                 }
                 Err(e) => return Err(e),
             }

@@ -28,6 +28,13 @@ pub struct FileRef {
 }
 
 /// Stream names: one stream per entity, `<kind>-<id>`.
+/// The object prefix every file of collection `id` lives under (`data/<id>/`): its segments,
+/// its fragment lists, a restore's copies into it. A rollback or GC of the collection deletes
+/// by it.
+pub fn data_prefix(id: CollectionId) -> String {
+    format!("data/{id}/")
+}
+
 pub fn collection_stream(id: CollectionId) -> String {
     format!("collection-{id}")
 }
