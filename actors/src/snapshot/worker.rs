@@ -62,8 +62,6 @@ pub struct SnapshotWorker {
     pub config: SnapshotConfig,
 }
 
-/// A transient error is worth retrying: the store or the log was unreachable.
-
 fn store_error(key: &str, e: object_store::Error) -> Error {
     match e {
         object_store::Error::NotFound { .. } => {
