@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -272,10 +273,15 @@ async fn dispatch(
             break;
         };
         let s = shared.clone();
-        running.spawn(async move {
-            let _permit = permit;
-            respond(&s, endpoint, &op, message, received).await;
-        });
+        // Every line the request logs carries its op and subject.
+        let span = tracing::info_span!("nats_request", op = %op, subject = %message.subject);
+        running.spawn(
+            async move {
+                let _permit = permit;
+                respond(&s, endpoint, &op, message, received).await;
+            }
+            .instrument(span),
+        );
     }
     // Drain: every request taken is answered before the service stops. Dropping the
     // subscriptions unsubscribes them, so no new request comes to this node.

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
+use tracing::Instrument;
 
 /// Why one file's copy did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,7 +309,14 @@ impl Actor for CopyRunner {
         _msg: CopyRunnerMsg,
         args: &mut CopyRunnerArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let outcome = run_task(args).await;
+        let outcome = run_task(args)
+            .instrument(tracing::info_span!(
+                "copy_task",
+                job = args.job_id,
+                task = args.task,
+                epoch = args.epoch
+            ))
+            .await;
         let _ = args
             .report
             .send_message(crate::restore::manager::ManagerMsg::TaskFinished {

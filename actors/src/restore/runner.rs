@@ -33,6 +33,7 @@ use snapvault_events::domain::restore::{
 };
 use snapvault_events::{Error, ErrorCode};
 use std::time::Duration;
+use tracing::Instrument;
 
 pub enum RunnerMsg {
     /// Look at the job and do the next step.
@@ -315,13 +316,20 @@ impl Actor for JobRunner {
         msg: RunnerMsg,
         s: &mut RunnerState,
     ) -> Result<(), ActorProcessingErr> {
+        // Every line a step logs carries the job (and the coordinating epoch).
+        let span = tracing::info_span!(
+            "restore_job",
+            job = s.job_id,
+            epoch = s.ctx.coordinator_epoch
+        );
         match msg {
-            RunnerMsg::Advance => s.advance(&myself).await,
+            RunnerMsg::Advance | RunnerMsg::Stop { shutdown: false } => {
+                s.advance(&myself).instrument(span).await
+            }
             RunnerMsg::Stop { shutdown: true } => {
                 s.stopped = true;
                 myself.stop(None);
             }
-            RunnerMsg::Stop { shutdown: false } => s.advance(&myself).await,
         }
         Ok(())
     }
