@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 2 the request was refused (`invalid_argument`, `not_found`,
 //! `already_exists`, `failed_precondition`: fix the input or the state and retry); 1 anything
-//! else (`conflict`, `unavailable`, `internal`: the request may succeed when retried).
+//! else (`conflict`, `unavailable`, `internal`: the request may succeed when retried); 130
+//! Ctrl-C stopped a command following a job or task (`--wait`, `restore wait`), which goes on.
 
 mod cli;
 
@@ -40,6 +41,8 @@ fn main() -> ExitCode {
         cli::run(args)
     });
     match result {
+        // Ctrl-C stopped a command following a job (`--wait`); the job goes on.
+        Ok(()) if cli::interrupt::interrupted() => ExitCode::from(cli::interrupt::EXIT_CODE),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             cli::output::report_error(&e, json);

@@ -8,7 +8,7 @@ pub const MAX_NAME_CHARS: usize = 255;
 /// Longest object key the host may give.
 pub const MAX_OBJECT_KEY_BYTES: usize = 1024;
 
-/// Names: 1–255 characters of `[A-Za-z0-9_-]`, starting with a letter or `_`. This keeps names
+/// Names: 1–255 characters of `[A-Za-z0-9_-]`, starting with an ASCII letter or `_`. This keeps names
 /// safe as path segments, NATS subject tokens and CLI arguments.
 pub fn validate_name(field: &str, name: &str) -> Result<(), Error> {
     let shown = shown(name);
@@ -27,7 +27,7 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), Error> {
     let first = name.chars().next().unwrap_or('0');
     if !(first.is_ascii_alphabetic() || first == '_') {
         return Err(Error::invalid_argument(format!(
-            "{field} '{shown}' must start with a letter or '_'"
+            "{field} '{shown}' must start with an ASCII letter (A-Z, a-z) or '_'"
         )));
     }
     if let Some(bad) = name
@@ -35,7 +35,7 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), Error> {
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
     {
         return Err(Error::invalid_argument(format!(
-            "{field} '{shown}' contains '{}'; only letters, digits, '_' and '-' are allowed",
+            "{field} '{shown}' contains '{}'; only ASCII letters, digits, '_' and '-' are allowed",
             bad.escape_debug()
         )));
     }
@@ -122,6 +122,26 @@ mod tests {
             let e = validate_name("name", bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}");
         }
+    }
+
+    /// The messages say which letters: a Unicode letter is refused, and the user must learn
+    /// why from the message alone.
+    #[test]
+    fn name_messages_say_ascii() {
+        let first = validate_name("collection name", "\u{e9}t\u{e9}").unwrap_err();
+        assert!(
+            first.message.contains("must start with an ASCII letter"),
+            "{}",
+            first.message
+        );
+        let later = validate_name("collection name", "caf\u{e9}").unwrap_err();
+        assert!(
+            later
+                .message
+                .contains("only ASCII letters, digits, '_' and '-' are allowed"),
+            "{}",
+            later.message
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! process on the data directory): without `--wait` the command returns the task id once the
 //! task holds the collection's refresh slot, and the process still gives the task up to 30 s
 //! to finish before it exits; with `--wait` it follows the task to its end and fails (exit 1
-//! or 2 by the code) when the task did not commit.
+//! or 2 by the code) when the task did not commit. Ctrl-C during `--wait` stops following,
+//! not the task: it prints how to follow or cancel it and exits 130 (`super::interrupt`).
 
+use super::interrupt::Interrupt;
 use super::output::{Progress, Table, plural, utc};
 use super::{CreateArgs, Ctx};
 use snapvault::Error;
@@ -14,6 +16,7 @@ use snapvault::client::CreateCollectionRequest;
 use snapvault::external::{ExternalStatusView, ExternalTaskView, external_config};
 use snapvault_events::domain::external::{ExternalSpec, parse_source};
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
@@ -102,8 +105,10 @@ pub async fn alter(
 }
 
 pub async fn refresh(ctx: &Ctx, collection: &str, wait: bool) -> Result<(), Error> {
+    // Listen before the task exists: a Ctrl-C from here on stops following, not the task.
+    let interrupt = wait.then(Interrupt::listen).transpose()?;
     let task = ctx.client.refresh_external(collection).await?;
-    if !wait {
+    let Some(interrupt) = interrupt else {
         return ctx.out.emit(&task, || {
             if task.already_running {
                 format!(
@@ -114,8 +119,29 @@ pub async fn refresh(ctx: &Ctx, collection: &str, wait: bool) -> Result<(), Erro
                 format!("refresh task {} started for '{collection}'", task.task_id)
             }
         });
+    };
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "refresh task {} {} for '{collection}'; following it (Ctrl-C stops following, not the task)",
+            task.task_id,
+            if task.already_running {
+                "is already running"
+            } else {
+                "started"
+            }
+        );
     }
-    let done = follow(ctx, task.task_id).await?;
+    let (mut last, mut bar) = (None, None);
+    let followed = interrupt
+        .follow(follow(ctx, task.task_id, &mut last, &mut bar))
+        .await;
+    let Some(done) = followed else {
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        return stopped_following(ctx, collection, task.task_id, last.as_ref());
+    };
+    let done = done?;
     let outcome = finished(&done);
     ctx.out.emit(&done, || render_task(&done))?;
     if outcome.is_err() {
@@ -125,14 +151,52 @@ pub async fn refresh(ctx: &Ctx, collection: &str, wait: bool) -> Result<(), Erro
     outcome
 }
 
-/// Follow a task to its end, with a progress line on a terminal.
-async fn follow(ctx: &Ctx, task_id: u64) -> Result<ExternalTaskView, Error> {
+/// After Ctrl-C: how to see, follow and cancel the task (stderr), and with `--json` the task
+/// as last seen (stdout). The task goes on; the process exits 130.
+fn stopped_following(
+    ctx: &Ctx,
+    collection: &str,
+    task_id: u64,
+    last: Option<&ExternalTaskView>,
+) -> Result<(), Error> {
+    // A one-shot process gives its running tasks up to 30 s when it exits, and drives only
+    // the tasks it refreshes, alters or waits for (README, "External collections").
+    let place = match ctx.client {
+        super::backend::Backend::Local(_) => format!(
+            "in this process for up to 30 s more (Ctrl-C again exits at once), then while \
+             'snapvault external refresh {collection} --wait' or 'snapvault serve' runs on this \
+             data directory"
+        ),
+        super::backend::Backend::Remote(_) => "in the service".to_string(),
+    };
+    eprintln!(
+        "stopped following refresh task {task_id} of '{collection}' (Ctrl-C); the task was not cancelled: it goes on {place}"
+    );
+    eprintln!("  see it:          snapvault external status {collection}");
+    eprintln!(
+        "  follow it again: snapvault external refresh {collection} --wait (while it runs, this follows it instead of starting another)"
+    );
+    eprintln!("  stop it:         snapvault external cancel {collection}");
+    match last {
+        Some(view) if ctx.out.is_json() => ctx.out.emit(view, String::new),
+        _ => Ok(()),
+    }
+}
+
+/// Follow a task to its end, with a progress line (`bar`) on a terminal; `last` is the task
+/// as last seen.
+async fn follow(
+    ctx: &Ctx,
+    task_id: u64,
+    last: &mut Option<ExternalTaskView>,
+    bar: &mut Option<Progress>,
+) -> Result<ExternalTaskView, Error> {
     let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
-    let mut bar: Option<Progress> = None;
     loop {
         let v = ctx.client.external_task(task_id).await?;
+        *last = Some(v.clone());
         if v.is_finished() {
-            if let Some(b) = &bar {
+            if let Some(b) = bar.take() {
                 b.finish();
             }
             return Ok(v);

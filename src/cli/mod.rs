@@ -17,6 +17,7 @@ pub mod gc;
 pub mod host_ops;
 pub mod index;
 pub mod ingest;
+pub mod interrupt;
 pub mod log;
 pub mod nats_args;
 pub mod output;
@@ -24,7 +25,7 @@ pub mod restore;
 pub mod serve;
 pub mod snapshot;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use output::Output;
 use snapvault::{Error, ErrorCode, Node};
 use snapvault_events::validate::validate_name;
@@ -110,7 +111,43 @@ pub enum Command {
     /// Check or repair the embedded event log (DIR/log) without starting a node.
     #[command(subcommand)]
     Log(log::LogCmd),
+    /// Help topic: the connection flags (NATS, its credentials and TLS, the JetStream log,
+    /// the S3 store) that every command accepts. Read it with `snapvault help connection`.
+    #[command(hide = true, long_about = CONNECTION_TOPIC, override_usage = CONNECTION_USAGE)]
+    Connection,
 }
+
+/// The heading of the connection flags (`nats_args`) in `snapvault --help` and in the
+/// `help connection` topic.
+pub const CONNECTION_HEADING: &str =
+    "Connection (NATS, log, store; also accepted after any command)";
+
+/// The last line of every subcommand's help: its connection flags are hidden there.
+const CONNECTION_POINTER: &str = "Connection flags (--nats and its credentials and TLS, --prefix, --log, --store, --s3-*, \
+     --request-timeout) are accepted here too; see 'snapvault help connection'.";
+
+/// The top-level help's last line.
+const TOP_POINTER: &str = "The connection flags are accepted before or after any command; 'snapvault help connection' \
+     explains them. Exit codes: 0 ok, 2 a refused request, 1 anything else, 130 Ctrl-C while \
+     following a job (--wait, restore wait; the job goes on).";
+
+const CONNECTION_USAGE: &str = "snapvault [CONNECTION FLAGS] <COMMAND> [ARGS] [CONNECTION FLAGS]";
+
+const CONNECTION_TOPIC: &str =
+    "The connection flags: which node a command runs, or which service it talks to.
+
+Without --nats, every command starts an embedded node on the data directory (--data): the sled \
+log in DIR/log and the object store in DIR/objects, unless --store names another one.
+
+With --nats URL, every command except `serve` and `log` talks to the snapvault service on that \
+NATS instead of opening --data: same output, same --json, same error lines and exit codes. \
+`serve --nats URL` is such a service; --log and --store choose what its node runs on (--log \
+jetstream keeps the event log in the JetStream stream <PREFIX>_LOG, shared by every node on \
+that NATS and prefix).
+
+These flags go before or after the command: `snapvault --nats URL snapshot list` and \
+`snapvault snapshot list --nats URL` are the same. Each command's own help leaves them out \
+and points here.";
 
 #[derive(Debug, Subcommand)]
 pub enum GcCmd {
@@ -137,12 +174,19 @@ pub enum CollectionCmd {
     /// List live collections.
     List,
     /// Show a collection: partitions, indexes, segments and their files.
-    Describe { name: String },
+    Describe {
+        /// The collection's name.
+        name: String,
+    },
     /// Drop a collection (its snapshots, when there are any, outlive it).
-    Drop { name: String },
+    Drop {
+        /// The collection's name.
+        name: String,
+    },
     /// Change an external collection's source and/or spec: the running refresh is
     /// superseded (it commits nothing) and a new one starts.
     Alter {
+        /// The external collection's name.
         name: String,
         /// The new source: file:///abs/dir/, s3://bucket/prefix/ or a prefix of the store.
         #[arg(long, value_name = "PREFIX")]
@@ -157,18 +201,29 @@ pub enum CollectionCmd {
 pub enum ExternalCmd {
     /// Start a refresh (or show the one running); with --wait, follow it to its end.
     Refresh {
+        /// The external collection's name.
         collection: String,
+        /// Follow the task to its end (progress on a terminal); exit non-zero unless it
+        /// committed. Ctrl-C stops following, not the task (exit 130).
         #[arg(long)]
         wait: bool,
     },
     /// Source, spec, what is mirrored, the running and the last refresh.
-    Status { collection: String },
+    Status {
+        /// The external collection's name.
+        collection: String,
+    },
     /// Cancel the running refresh (it commits nothing).
-    Cancel { collection: String },
+    Cancel {
+        /// The external collection's name.
+        collection: String,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    /// The new collection's name: 1-255 ASCII letters, digits, '_' or '-', starting with an
+    /// ASCII letter or '_'.
     pub name: String,
     /// Number of shards (write channels); segments belong to one.
     #[arg(long, default_value_t = 1)]
@@ -194,29 +249,50 @@ pub struct CreateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PartitionCmd {
-    Create { collection: String, name: String },
-    Drop { collection: String, name: String },
+    /// Add a partition to a collection.
+    Create {
+        /// The collection's name.
+        collection: String,
+        /// The new partition's name.
+        name: String,
+    },
+    /// Drop a partition and every segment in it.
+    Drop {
+        /// The collection's name.
+        collection: String,
+        /// The partition's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum IndexCmd {
     /// Declare an index on a field.
     Create {
+        /// The collection's name.
         collection: String,
+        /// The new index's name.
         name: String,
+        /// The field (column) the index is on.
         #[arg(long)]
         field: String,
         /// Index parameters as JSON (default `{}`).
         #[arg(long, value_name = "JSON")]
         params: Option<String>,
     },
+    /// Drop an index: its built files leave every segment (GC reclaims them unless a
+    /// snapshot holds them).
     Drop {
+        /// The collection's name.
         collection: String,
+        /// The index's name.
         name: String,
     },
     /// Act as the host: write an index's files for a segment and record the build.
     Build {
+        /// The collection's name.
         collection: String,
+        /// The index's name.
         index: String,
         /// The segment id (see `collection describe`).
         #[arg(long, value_name = "ID")]
@@ -226,7 +302,13 @@ pub enum IndexCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum SegmentCmd {
-    Drop { collection: String, id: String },
+    /// Drop one live segment (GC reclaims its files unless a snapshot holds them).
+    Drop {
+        /// The collection's name.
+        collection: String,
+        /// The segment id (see `collection describe`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,12 +319,27 @@ pub enum SnapshotCmd {
     /// Snapshots, newest first (Deleting and Deleted ones only with --state).
     List(SnapshotListArgs),
     /// Everything about one snapshot: state, times, totals, location, partitions, indexes.
-    Describe { collection: String, name: String },
+    Describe {
+        /// The collection the snapshot was taken of.
+        collection: String,
+        /// The snapshot's name.
+        name: String,
+    },
     /// Drop a snapshot: its manifests are deleted and its files no longer protected.
-    Drop { collection: String, name: String },
+    Drop {
+        /// The collection the snapshot was taken of.
+        collection: String,
+        /// The snapshot's name.
+        name: String,
+    },
     /// Check every object the snapshot references: present, right size and crc32c. Exits 1
     /// when anything is missing or corrupt.
-    Verify { collection: String, name: String },
+    Verify {
+        /// The collection the snapshot was taken of.
+        collection: String,
+        /// The snapshot's name.
+        name: String,
+    },
     /// Register a snapshot found under a prefix of the object store (its snapshot.json and
     /// manifests, e.g. copied from another cluster).
     Import {
@@ -254,7 +351,9 @@ pub enum SnapshotCmd {
 
 #[derive(Debug, Args)]
 pub struct SnapshotCreateArgs {
+    /// The collection to snapshot.
     pub collection: String,
+    /// The snapshot's name, unused among the collection's live snapshots.
     pub name: String,
     /// Free text kept with the snapshot.
     #[arg(long, value_name = "D", default_value = "")]
@@ -286,6 +385,7 @@ pub struct SnapshotListArgs {
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
+    /// The collection to write into.
     pub collection: String,
     /// How many segments to write.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -306,6 +406,7 @@ pub struct IngestArgs {
 
 #[derive(Debug, Args)]
 pub struct CompactArgs {
+    /// The collection whose segments to merge.
     pub collection: String,
     /// Comma-separated segment ids to merge into one; default: all live segments of each
     /// (partition, shard) that has more than one.
@@ -325,10 +426,58 @@ pub struct Ctx {
     pub result_printed: AtomicBool,
 }
 
+/// The clap command tree of [`Cli`], with the connection flags shown once: under their own
+/// heading in the top-level help and in the `help connection` topic. Every subcommand still
+/// accepts them (they are global), but in its help they are hidden and a last line points to
+/// the topic; the topic in turn hides the other global flags (`--data`, `--json`,
+/// `--log-format`), which every command's help shows.
+pub fn command() -> clap::Command {
+    let top = <Cli as CommandFactory>::command().after_help(TOP_POINTER);
+    let is_connection = |a: &clap::Arg| a.get_help_heading() == Some(CONNECTION_HEADING);
+    let hidden = |keep: bool| -> Vec<clap::Arg> {
+        top.get_arguments()
+            .filter(|a| a.is_global_set() && is_connection(a) == keep)
+            .map(|a| a.clone().hide(true))
+            .collect()
+    };
+    let (connection, others) = (hidden(true), hidden(false));
+    let names: Vec<String> = top
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    names.iter().fold(top, |top, name| {
+        top.mut_subcommand(name, |sub| {
+            if name == "connection" {
+                sub.args(others.iter().cloned())
+            } else {
+                hide_connection_flags(sub, &connection)
+            }
+        })
+    })
+}
+
+/// Give `sub` and every command under it hidden copies of the global connection flags (clap
+/// then propagates nothing over them: parsing is unchanged, only the help) and the pointer.
+fn hide_connection_flags(sub: clap::Command, connection: &[clap::Arg]) -> clap::Command {
+    let sub = sub
+        .args(connection.iter().cloned())
+        .after_help(CONNECTION_POINTER);
+    let names: Vec<String> = sub
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    names.iter().fold(sub, |sub, name| {
+        sub.mut_subcommand(name, |s| hide_connection_flags(s, connection))
+    })
+}
+
 /// Parse the command line. Help and version are printed and end the process here (exit 0);
 /// every other parse error becomes one `invalid_argument` line like any other bad input.
 pub fn parse() -> Result<Cli, Error> {
-    match Cli::try_parse() {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches));
+    match parsed {
         Ok(cli) => Ok(cli),
         Err(e) => match e.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
@@ -428,6 +577,9 @@ pub fn init_tracing(serving: bool, format: LogFormat) {
 
 /// Run a parsed command to completion.
 pub fn run(cli: Cli) -> Result<(), Error> {
+    if let Command::Connection = cli.command {
+        return print_help_topic("connection");
+    }
     check_args(&cli.command)?;
     let serving = matches!(cli.command, Command::Serve(_));
     cli.nats.check(serving)?;
@@ -485,6 +637,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     });
     drop(runtime);
     finish(result, json, result_printed)
+}
+
+/// A help topic run as a command (`snapvault connection`): the same text as `snapvault help
+/// TOPIC`. A closed pipe (`| head`) is not an error: the reader has what it wanted.
+fn print_help_topic(topic: &str) -> Result<(), Error> {
+    if let Err(help) = command().try_get_matches_from(["snapvault", "help", topic]) {
+        let _ = help.print();
+    }
+    Ok(())
 }
 
 /// The end of a command: with `--json`, a result document already on stdout (a report
@@ -587,7 +748,9 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Serve(a) => serve::run(ctx, &a).await,
         Command::Demo => demo::run(ctx).await,
         // Handled in `run` before any node starts.
-        Command::Log(_) => Err(Error::internal("log commands run without a node")),
+        Command::Log(_) | Command::Connection => Err(Error::internal(
+            "log commands and help topics run without a node",
+        )),
     }
 }
 
@@ -697,7 +860,7 @@ fn check_args(command: &Command) -> Result<(), Error> {
             | ExternalCmd::Cancel { collection: c },
         ) => collection(c),
         Command::Serve(a) => a.check(),
-        Command::Demo | Command::Log(_) => Ok(()),
+        Command::Demo | Command::Log(_) | Command::Connection => Ok(()),
     }
 }
 
@@ -732,6 +895,83 @@ mod tests {
     #[test]
     fn clap_definitions_are_consistent() {
         Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    /// Every command has a one-line description and every argument (positional or flag) a
+    /// help text, all the way down the tree.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let has = |s: Option<&clap::builder::StyledStr>| {
+                s.is_some_and(|s| !s.to_string().trim().is_empty())
+            };
+            if !has(cmd.get_about()) {
+                missing.push(format!("`{path}` has no description"));
+            }
+            for a in cmd.get_arguments() {
+                if !has(a.get_help()) {
+                    missing.push(format!("`{path}`: argument `{}` has no help", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "snapvault", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+        // The walk saw the whole tree: the help topic and a nested command among it.
+        assert!(cmd.find_subcommand("connection").is_some());
+        let drop = cmd
+            .find_subcommand("partition")
+            .and_then(|p| p.find_subcommand("drop"));
+        assert!(drop.is_some_and(|d| d.get_arguments().any(|a| a.get_id() == "nats")));
+    }
+
+    /// The connection flags are listed in the top-level help and the topic, hidden in every
+    /// other command's help (which points to the topic), and still parse after a subcommand.
+    #[test]
+    fn connection_flags_are_shown_once_and_accepted_everywhere() {
+        let mut cmd = command();
+        let top = cmd.render_long_help().to_string();
+        assert!(
+            top.contains(CONNECTION_HEADING) && top.contains("--nats-creds"),
+            "{top}"
+        );
+        let list = cmd
+            .find_subcommand_mut("snapshot")
+            .and_then(|s| s.find_subcommand_mut("list"))
+            .map(|l| l.render_long_help().to_string())
+            .unwrap_or_default();
+        assert!(list.contains("--collection"), "{list}");
+        assert!(
+            !list.contains("--nats-creds") && !list.contains("--s3-region"),
+            "{list}"
+        );
+        assert!(
+            list.trim_end().ends_with("'snapvault help connection'."),
+            "{list}"
+        );
+        let parsed = command()
+            .try_get_matches_from([
+                "snapvault",
+                "snapshot",
+                "list",
+                "--nats",
+                "nats://h:4222",
+                "--store",
+                "s3://b",
+            ])
+            .and_then(|mut m| Cli::from_arg_matches_mut(&mut m));
+        let cli = parsed.map_err(|e| e.to_string());
+        assert_eq!(
+            cli.as_ref()
+                .map(|c| (c.nats.nats.clone(), c.nats.store.clone())),
+            Ok((Some("nats://h:4222".into()), Some("s3://b".into())))
+        );
     }
 
     #[test]

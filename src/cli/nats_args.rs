@@ -1,6 +1,10 @@
 //! The NATS, log and store flags (global): `--nats URL` and its credentials make every command
 //! talk to a snapvault service instead of opening `--data`, and make `serve` serve on NATS;
 //! `--log` and `--store` choose what a node runs on.
+//!
+//! They are listed once, under their own heading in `snapvault --help` and in the help topic
+//! `snapvault help connection`; every subcommand still accepts them (they are global) but
+//! its help only points to the topic (see `super::command`).
 
 use clap::{Args, ValueEnum};
 use snapvault::nats::NatsOptions;
@@ -19,6 +23,7 @@ pub enum LogKind {
 }
 
 #[derive(Debug, Clone, Args, Default)]
+#[command(next_help_heading = super::CONNECTION_HEADING)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated. Every command then talks to the snapvault
     /// service on it (same output, JSON and errors) instead of opening --data; `serve` serves

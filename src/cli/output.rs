@@ -34,6 +34,11 @@ impl Output {
         Ok(())
     }
 
+    /// Whether results are JSON documents (`--json`).
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
     /// A line for people only (steps of the demo); silent with `--json` so stdout stays one
     /// JSON document.
     pub fn say(&self, line: &str) {

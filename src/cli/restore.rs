@@ -4,7 +4,9 @@
 //! arguments, prints, and draws progress. A restore outlives the command that starts it: the
 //! job runs while a process holds the node, and any later `snapvault` invocation (or
 //! `serve`) resumes it. `start --wait`, `cancel --wait` and `wait` hold the node until the job
-//! ends, with a progress bar on a terminal and plain lines otherwise.
+//! ends, with a progress bar on a terminal (after a line naming the job) and nothing
+//! otherwise. Ctrl-C stops following, never the job: the command prints how to follow it
+//! again and how to stop it, and exits 130 (`super::interrupt`).
 //!
 //! Exit codes of the waiting forms: 0 when the job completed (or, for `cancel --wait`, was
 //! cancelled); a failed job prints its state, then `error[internal]: restore job N failed: …`
@@ -12,6 +14,7 @@
 //! `wait` watched it ends with `error[failed_precondition]` and exit 2.
 
 use super::Ctx;
+use super::interrupt::Interrupt;
 use super::output::{Table, bytes, utc};
 use clap::{Args, Subcommand};
 use snapvault::Error;
@@ -39,19 +42,25 @@ pub enum RestoreCmd {
     /// in the background (while this or a later process holds the node) unless --wait.
     Start(StartArgs),
     /// A job's state and progress: files and bytes, percent, rate, ETA, per-task states.
-    Status { job: String },
+    Status {
+        /// The job id (printed by `restore start`; see `restore list`).
+        job: String,
+    },
     /// Jobs, newest first.
     List(ListArgs),
     /// Cancel a pending or running job: everything it copied is deleted and its target
     /// collection dropped.
     Cancel {
+        /// The job id (see `restore list`).
         job: String,
-        /// Wait until the rollback is done.
+        /// Wait until the rollback is done. Ctrl-C stops following, not the rollback
+        /// (exit 130).
         #[arg(long)]
         wait: bool,
     },
-    /// Wait until a job ends, showing its progress.
+    /// Wait until a job ends, showing its progress (Ctrl-C stops waiting, not the job).
     Wait {
+        /// The job id (see `restore list`).
         job: String,
         /// Give up waiting after this long (the job goes on), e.g. 30s, 10m.
         #[arg(long, value_name = "DURATION")]
@@ -80,7 +89,8 @@ pub struct StartArgs {
     /// sizes are still checked).
     #[arg(long)]
     pub no_verify: bool,
-    /// Wait until the restore ends, showing its progress.
+    /// Wait until the restore ends, showing its progress; exit non-zero unless it completed.
+    /// Ctrl-C stops following, not the job (exit 130).
     #[arg(long)]
     pub wait: bool,
 }
@@ -221,14 +231,26 @@ pub async fn run(ctx: &Ctx, cmd: RestoreCmd) -> Result<(), Error> {
     match cmd {
         RestoreCmd::Start(args) => {
             let req = options(&args)?;
+            // Listen before the job exists: a Ctrl-C from here on stops following, not the job.
+            let interrupt = args.wait.then(Interrupt::listen).transpose()?;
             let view = ctx.client.start_restore(req).await?;
-            if args.wait {
-                return wait(ctx, view.job_id, None, false).await;
+            if let Some(interrupt) = interrupt {
+                announce(&format!(
+                    "restore job {} started; following it (Ctrl-C stops following, not the job)",
+                    view.job_id
+                ));
+                return wait(ctx, view.job_id, None, false, interrupt).await;
             }
+            let runs = match ctx.client {
+                super::backend::Backend::Local(_) => {
+                    "on this data directory it copies while that or 'snapvault serve' runs"
+                }
+                super::backend::Backend::Remote(_) => "it runs in the service",
+            };
             ctx.out.emit(&view, || {
                 format!(
                     "restore job {} started: snapshot '{}' of collection '{}' into '{}'\n\
-                     follow it with 'snapvault restore wait {}' (it continues whenever a snapvault process holds this data directory)",
+                     follow it with 'snapvault restore wait {}' ({runs})",
                     view.job_id, view.snapshot, view.snapshot_collection, view.target, view.job_id
                 )
             })
@@ -250,9 +272,14 @@ pub async fn run(ctx: &Ctx, cmd: RestoreCmd) -> Result<(), Error> {
         }
         RestoreCmd::Cancel { job, wait: w } => {
             let job = parse_job_id(&job)?;
+            let interrupt = w.then(Interrupt::listen).transpose()?;
             let view = ctx.client.cancel_restore(job).await?;
-            if w {
-                return wait(ctx, job, None, true).await;
+            if let Some(interrupt) = interrupt {
+                announce(&format!(
+                    "restore job {job} is {}; following its rollback (Ctrl-C stops following, not the rollback)",
+                    view.status.as_str()
+                ));
+                return wait(ctx, job, None, true, interrupt).await;
             }
             ctx.out.emit(&view, || {
                 format!(
@@ -267,24 +294,48 @@ pub async fn run(ctx: &Ctx, cmd: RestoreCmd) -> Result<(), Error> {
                 .map(super::gc::parse_duration_ms)
                 .transpose()?
                 .map(Duration::from_millis);
-            wait(ctx, parse_job_id(&job)?, timeout, false).await
+            let job = parse_job_id(&job)?;
+            let interrupt = Interrupt::listen()?;
+            announce(&format!(
+                "following restore job {job} (Ctrl-C stops following, not the job)"
+            ));
+            wait(ctx, job, timeout, false, interrupt).await
         }
     }
 }
 
-/// Hold the node until the job ends; progress on stderr; the final state on stdout.
+/// A line for a person at a terminal before the progress bar (so the job id is on screen
+/// while it copies); nothing when stderr is a script's pipe or a log file.
+fn announce(line: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("{line}");
+    }
+}
+
+/// Hold the node until the job ends; progress on stderr; the final state on stdout. Ctrl-C
+/// ends only the following ([`stopped_following`]).
 async fn wait(
     ctx: &Ctx,
     job: u64,
     timeout: Option<Duration>,
     cancelling: bool,
+    interrupt: Interrupt,
 ) -> Result<(), Error> {
     let mut bar = Bar::new();
-    let view = ctx
-        .client
-        .wait_restore(job, Duration::from_millis(200), timeout, |v| bar.draw(v))
+    let mut last: Option<RestoreView> = None;
+    let followed = interrupt
+        .follow(
+            ctx.client
+                .wait_restore(job, Duration::from_millis(200), timeout, |v| {
+                    bar.draw(v);
+                    last = Some(v.clone());
+                }),
+        )
         .await;
     bar.finish();
+    let Some(view) = followed else {
+        return stopped_following(ctx, job, cancelling, last.as_ref());
+    };
     let view = view?;
     ctx.out.emit(&view, || render_view(&view))?;
     match view.status {
@@ -303,6 +354,48 @@ async fn wait(
                 view.failure.unwrap_or_default()
             )))
         }
+    }
+}
+
+/// After Ctrl-C: how to follow the job again and how to stop it (stderr), and with `--json`
+/// the job as last seen (stdout). The job goes on; the process exits 130.
+fn stopped_following(
+    ctx: &Ctx,
+    job: u64,
+    cancelling: bool,
+    last: Option<&RestoreView>,
+) -> Result<(), Error> {
+    let (what, state, again) = if cancelling {
+        (
+            format!("the rollback of restore job {job}"),
+            "the rollback goes on",
+            format!("snapvault restore cancel {job} --wait"),
+        )
+    } else {
+        (
+            format!("restore job {job}"),
+            "the job was not cancelled: it goes on",
+            format!("snapvault restore wait {job}"),
+        )
+    };
+    // A one-shot process drives only the jobs it started or waits for (README, "Restore
+    // jobs"); this one is about to exit.
+    let place = match ctx.client {
+        super::backend::Backend::Local(_) => {
+            format!("while '{again}' or 'snapvault serve' runs on this data directory")
+        }
+        super::backend::Backend::Remote(_) => "in the service".to_string(),
+    };
+    eprintln!("stopped following {what} (Ctrl-C); {state} {place}");
+    eprintln!("  follow it again: {again}");
+    if cancelling {
+        eprintln!("  see it:          snapvault restore status {job}");
+    } else {
+        eprintln!("  stop it:         snapvault restore cancel {job}");
+    }
+    match last {
+        Some(view) if ctx.out.is_json() => ctx.out.emit(view, String::new),
+        _ => Ok(()),
     }
 }
 
