@@ -170,3 +170,31 @@ impl CollectionView {
         }
     }
 }
+
+/// Seconds since the Unix epoch as UTC `(year, month, day, hour, minute, second)`, without a
+/// date library (Howard Hinnant's days-to-civil conversion). One definition for every place
+/// that prints a time (CLI tables, the micro service's `started`).
+pub fn civil_utc(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod civil_tests {
+    #[test]
+    fn known_dates() {
+        assert_eq!(super::civil_utc(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(super::civil_utc(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(super::civil_utc(1_796_299_199), (2026, 12, 3, 11, 59, 59));
+    }
+}
