@@ -536,7 +536,6 @@ fn an_info_log_of_a_restore_is_a_few_lines_each_with_the_job_id() {
 /// and exits 130; the job is still running afterwards.
 #[test]
 fn ctrl_c_stops_following_a_restore_not_the_job() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(d, &["collection", "create", "c1"]);
@@ -555,7 +554,7 @@ fn ctrl_c_stops_following_a_restore_not_the_job() {
     );
     ok(d, &["snapshot", "create", "c1", "s1"]);
     // 512 KiB at 64 KiB/s: still copying when the signal comes.
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("--data")
         .arg(d)
         .args(["--json", "restore", "start", "c1", "s1", "r1"])
@@ -567,38 +566,12 @@ fn ctrl_c_stops_following_a_restore_not_the_job() {
         .expect("spawn restore --wait");
     // The job's first log line comes after the command armed its Ctrl-C listener (it listens
     // before it starts the job), so the signal below is never the default "die".
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = stderr.read_line(&mut line).expect("read stderr");
-        assert!(n > 0, "restore --wait ended before its job started: {seen}");
-        seen.push_str(&line);
-        if line.contains("restore started") {
-            break;
-        }
-    }
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(sent.success());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read stderr");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("restore --wait did not exit within 30 s of Ctrl-C: {seen}{rest}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout)
-        .expect("read stdout");
+    let snapvault_test_support::Interrupted {
+        seen,
+        rest,
+        stdout,
+        exit,
+    } = snapvault_test_support::interrupt_after(child, "restore started");
     assert_eq!(exit.code(), Some(130), "{seen}{rest}");
     let last: Value = serde_json::from_str(&stdout).expect("the job as last seen, as JSON");
     let job = last["job_id"].as_u64().expect("job id");

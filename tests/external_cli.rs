@@ -314,7 +314,6 @@ fn log_facts(data: &Path) -> (usize, usize) {
 /// exits 130; the exiting process gives the task its 30 s, and it commits.
 #[test]
 fn ctrl_c_stops_following_a_refresh_not_the_task() {
-    use std::io::{BufRead, Read};
     use std::process::Stdio;
     let data = tempfile::tempdir().unwrap();
     let lake_dir = tempfile::tempdir().unwrap();
@@ -327,7 +326,7 @@ fn ctrl_c_stops_following_a_refresh_not_the_task() {
     );
     // The task holds still after listing for 2 s: the signal comes while it runs. The pause
     // line comes after the command armed its Ctrl-C listener (before it started the task).
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("--data")
         .arg(d)
         .args(["--json", "external", "refresh", "c", "--wait"])
@@ -337,32 +336,12 @@ fn ctrl_c_stops_following_a_refresh_not_the_task() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn refresh --wait");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = stderr.read_line(&mut line).expect("read stderr");
-        assert!(n > 0, "refresh --wait ended before its task listed: {seen}");
-        seen.push_str(&line);
-        if line.contains("pause point 'external.after_list' reached") {
-            break;
-        }
-    }
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(sent.success());
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).expect("read stderr");
-    let exit = child.wait().expect("wait");
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut stdout)
-        .expect("read stdout");
+    let snapvault_test_support::Interrupted {
+        seen,
+        rest,
+        stdout,
+        exit,
+    } = snapvault_test_support::interrupt_after(child, "pause point 'external.after_list' reached");
     assert_eq!(exit.code(), Some(130), "{seen}{rest}");
     let last: Value = serde_json::from_str(&stdout).expect("the task as last seen, as JSON");
     let task = last["task_id"].as_u64().expect("task id");

@@ -89,8 +89,7 @@ pub fn label(name: &str, value: &str) -> Labels {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let m = Metrics {
+        let mut m = Metrics {
             registry: Registry::default(),
             restore_bytes: Counter::default(),
             restore_files: Counter::default(),
@@ -114,107 +113,107 @@ impl Metrics {
             nats_requests: Family::default(),
         };
         // Metrics are cheap handles (Arc inside): the registry keeps clones for encoding.
-        registry.register(
+        m.registry.register(
             "snapvault_restore_bytes",
             "Bytes this node copied for restores",
             m.restore_bytes.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_restore_files",
             "Files this node copied for restores",
             m.restore_files.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_restore_files_skipped",
             "Files a resumed copy task found already copied and did not copy again",
             m.restore_files_skipped.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_restore_copy_retries",
             "File copies retried after a transient error",
             m.restore_copy_retries.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_restore_task_retries",
             "Copy tasks released to run again after a transient failure",
             m.restore_task_retries.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_restore_jobs_coordinated",
             "Restore jobs this node coordinates now",
             m.restore_jobs_coordinated.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_restore_tasks_running",
             "Copy tasks this node runs now",
             m.restore_tasks_running.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_restore_jobs",
             "Restore jobs this node ended, by outcome",
             m.restore_jobs.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_snapshot_operations",
             "Snapshot creates and drops this node finished, by op and outcome",
             m.snapshot_ops.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_snapshot_operation_duration_seconds",
             "Time from the start of a snapshot create or drop on this node to its end, by op",
             m.snapshot_op_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_gc_reclaimed_objects",
             "Objects GC deleted on this node, by category",
             m.gc_reclaimed_objects.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_gc_reclaimed_bytes",
             "Bytes GC deleted on this node, by category",
             m.gc_reclaimed_bytes.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_gc_cycles",
             "GC cycles this node ran, by outcome",
             m.gc_cycles.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_gc_cycle_duration_seconds",
             "Duration of GC cycles this node ran",
             m.gc_cycle_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_gc_ref_index_lag_events",
             "Events between the log's head and what GC's reference index has read",
             m.gc_ref_index_lag_events.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_gc_ref_index_loaded",
             "1 once GC's reference index caught up with the log (GC reclaims nothing before)",
             m.gc_ref_index_loaded.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_log_append_duration_seconds",
             "Latency of this node's appends to the event log (durable when they return)",
             m.log_append_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_log_appends",
             "This node's appends to the event log, by outcome",
             m.log_appends.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_log_head_position",
             "The event log's head position as this node last saw it",
             m.log_head_position.clone(),
         );
-        registry.register(
+        m.registry.register(
             "snapvault_nats_requests",
             "NATS API requests this node answered, by op and code",
             m.nats_requests.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// The OpenMetrics text exposition of every metric (what `/metrics` serves).

@@ -41,6 +41,13 @@ pub struct ServeArgs {
     pub metrics_addr: Option<String>,
 }
 
+/// `, metrics at URL` for the serving line, when there is an endpoint.
+fn metrics_suffix(url: &Option<String>) -> String {
+    url.as_ref()
+        .map(|m| format!(", metrics at {m}"))
+        .unwrap_or_default()
+}
+
 /// Start the metrics endpoint when `--metrics-addr` asks for one; the bound address.
 async fn start_metrics(
     args: &ServeArgs,
@@ -193,11 +200,7 @@ pub async fn run(ctx: &Ctx, args: &ServeArgs) -> Result<(), Error> {
         metrics: metrics.as_ref().map(|(a, _)| format!("http://{a}/metrics")),
     };
     ctx.out.emit(&serving, || {
-        let metrics = serving
-            .metrics
-            .as_ref()
-            .map(|m| format!(", metrics at {m}"))
-            .unwrap_or_default();
+        let metrics = metrics_suffix(&serving.metrics);
         format!(
             "snapvault serving {data} (pid {}{metrics}); stop with Ctrl-C or SIGTERM",
             std::process::id()
@@ -334,11 +337,7 @@ pub async fn run_service(
         metrics: metrics.as_ref().map(|(a, _)| format!("http://{a}/metrics")),
     };
     out.emit(&serving, || {
-        let metrics = serving
-            .metrics
-            .as_ref()
-            .map(|m| format!(", metrics at {m}"))
-            .unwrap_or_default();
+        let metrics = metrics_suffix(&serving.metrics);
         format!(
             "snapvault serving {} on {} (log {}, store {}, pid {}{metrics}); stop with Ctrl-C or SIGTERM",
             serving.api, serving.nats, serving.log, serving.store, serving.pid

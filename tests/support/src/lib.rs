@@ -270,3 +270,61 @@ impl Drop for MotoServer {
         kill(&mut self.child);
     }
 }
+
+/// What a command said and how it ended after [`interrupt_after`] sent it Ctrl-C.
+pub struct Interrupted {
+    /// stderr up to and including the line the signal waited for.
+    pub seen: String,
+    /// stderr after the signal.
+    pub rest: String,
+    pub stdout: String,
+    pub exit: std::process::ExitStatus,
+}
+
+/// Read `child`'s stderr (piped) until a line containing `marker`, send it SIGINT (what Ctrl-C
+/// sends), then collect the rest of its output and its exit (at most 30 s later).
+pub fn interrupt_after(mut child: Child, marker: &str) -> Interrupted {
+    use std::io::{BufRead, Read};
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "the command ended before '{marker}': {seen}");
+        seen.push_str(&line);
+        if line.contains(marker) {
+            break;
+        }
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("read stderr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the command did not exit within 30 s of Ctrl-C: {seen}{rest}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout is piped")
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    Interrupted {
+        seen,
+        rest,
+        stdout,
+        exit,
+    }
+}
